@@ -1,0 +1,163 @@
+"""Every workaround this project needs for RecBole 1.2.1 on today's libraries.
+
+RecBole 1.2.1 is its last release. Each function or class here fixes one
+behaviour of it, named in its docstring; nothing else in the package patches
+RecBole, and RecBole itself is neither forked nor copied. Dependency bounds
+that protect RecBole (numpy<2, pandas<3, scipy<1.13, setuptools<81) live in
+``pyproject.toml`` with a comment each.
+"""
+
+import os
+import uuid
+from logging import getLogger
+
+import torch
+
+
+def plain_config(config):
+    r"""The parts of a RecBole ``Config`` needed to rebuild it, as plain data.
+
+    RecBole pickles its whole ``Config`` object into every checkpoint (with
+    pickle protocol 4). torch >= 2.6 loads checkpoints with
+    ``weights_only=True``, which refuses such pickles ("Unsupported operand
+    149"), and loading them with ``weights_only=False`` runs whatever code a
+    crafted file holds. We store instead the model name, the dataset name and
+    the external settings (config files, config dict and command line, already
+    merged by RecBole), which rebuild the same ``Config`` through
+    :func:`recbole_ci2mg.quick_start.build_config`.
+    """
+    settings = {
+        key: _plain(value)
+        for key, value in config.external_config_dict.items()
+        if key not in ("model", "dataset")
+    }
+    return {"model": config["model"], "dataset": config["dataset"], "settings": settings}
+
+
+def _plain(value):
+    """``value`` with every leaf turned into a type ``weights_only`` loading accepts."""
+    if hasattr(value, "item") and getattr(value, "ndim", None) == 0:
+        # numpy and torch scalars; numpy.float64 even passes isinstance(float)
+        # but pickles as a numpy global that weights_only loading refuses.
+        return value.item()
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return str(value)
+
+
+class PlainCheckpointMixin:
+    r"""Makes RecBole's trainers write checkpoints that load with ``weights_only=True``.
+
+    Fixes two behaviours of ``recbole.trainer.Trainer``:
+
+    - ``_save_checkpoint`` pickles the ``Config`` object (see
+      :func:`plain_config`); here the checkpoint holds only tensors and plain
+      values, so RecBole's own ``resume_checkpoint`` and
+      ``evaluate(load_best_model=True)``, which call ``torch.load`` with
+      torch's safe default, read it back.
+    - The checkpoint file is named ``<model>-<time to the second>.pth``, so two
+      runs of one model started in the same second in the same
+      ``checkpoint_dir`` (a group of seeds, parallel processes) overwrite each
+      other's best model. A random suffix keeps them apart.
+    """
+
+    def __init__(self, config, model):
+        super().__init__(config, model)
+        stem, ext = os.path.splitext(self.saved_model_file)
+        self.saved_model_file = f"{stem}-{uuid.uuid4().hex[:8]}{ext}"
+
+    def _save_checkpoint(self, epoch, verbose=True, **kwargs):
+        if not self.config["single_spec"] and self.config["local_rank"] != 0:
+            return
+        saved_model_file = kwargs.pop("saved_model_file", self.saved_model_file)
+        state = {
+            "config": plain_config(self.config),
+            "epoch": epoch,
+            "cur_step": self.cur_step,
+            "best_valid_score": _plain(self.best_valid_score),
+            "state_dict": self.model.state_dict(),
+            "other_parameter": self.model.other_parameter(),
+            "optimizer": self.optimizer.state_dict(),
+        }
+        torch.save(state, saved_model_file)
+        if verbose:
+            self.logger.info(f"Saving current: {saved_model_file}")
+
+
+def load_checkpoint(model_file, allow_unsafe_pickle=False):
+    r"""Read a checkpoint written by this package, or, on request, a legacy RecBole one.
+
+    Checkpoints written through :class:`PlainCheckpointMixin` hold plain data
+    and load with ``weights_only=True``. A checkpoint written by RecBole itself
+    pickles its ``Config`` and can only be read by unpickling arbitrary
+    objects, which runs any code a crafted file contains; that happens only when
+    the caller passes ``allow_unsafe_pickle=True`` for a file it trusts.
+    """
+    try:
+        return torch.load(model_file, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"Checkpoint {model_file} does not exist.") from None
+    except Exception as error:  # pickle.UnpicklingError and friends
+        if not allow_unsafe_pickle:
+            raise ValueError(
+                f"Checkpoint {model_file} holds pickled Python objects (a checkpoint "
+                f"written by RecBole itself, not by recbole_ci2mg), so it cannot be "
+                f"loaded safely ({type(error).__name__}). If you trust the file, load "
+                f"it with allow_unsafe_pickle=True (run_recbole.py "
+                f"--allow_unsafe_pickle); unpickling runs any code the file contains."
+            ) from None
+    getLogger().warning(f"Unpickling legacy checkpoint {model_file} with weights_only=False.")
+    return torch.load(model_file, map_location="cpu", weights_only=False)
+
+
+def check_benchmark_split(dataset):
+    r"""Refuse a benchmark dataset whose rows no longer match its split files.
+
+    With ``benchmark_filename`` RecBole records each split file's row count
+    when it loads the files (``Dataset.file_size_list``) and later slices the
+    concatenated interactions by those counts, never updating them. Any option
+    that drops rows in between (duplicate removal, value intervals, count
+    filters, NaN drops) silently moves train rows into valid and valid rows into
+    test. We check the counts still add up before RecBole slices.
+    """
+    expected = int(sum(dataset.file_size_list))
+    actual = len(dataset.inter_feat)
+    if expected != actual:
+        files = ", ".join(
+            f"{dataset.dataset_name}.{name}.inter ({size} rows)"
+            for name, size in zip(dataset.benchmark_filename_list, dataset.file_size_list)
+        )
+        raise ValueError(
+            f"Benchmark split of {dataset.dataset_name} broken: the split files "
+            f"{files} hold {expected} rows but {actual} remain after loading, so "
+            f"RecBole would shift the train/valid/test boundaries. Turn off every "
+            f"option that drops interactions for benchmark datasets (rm_dup_inter, "
+            f"val_interval, user_inter_num_interval, item_inter_num_interval, "
+            f"NaN filtering) in the dataset's YAML."
+        )
+
+
+# Config keys of recbole_ci2mg.data.MultimodalDataset that change the data.
+MULTIMODAL_DATASET_ARGUMENTS = ["modalities", "missing_rate", "missing_mode", "mask_seed", "mask_file"]
+
+
+def register_dataset_arguments():
+    r"""Make RecBole's dataset and dataloader caches see our dataset keys.
+
+    With ``save_dataset`` / ``save_dataloaders``, RecBole reloads a pickled
+    dataset or dataloader when the keys in ``recbole.utils.argument_list.
+    dataset_arguments`` are unchanged. Our keys are not among them, so a cache
+    written at ``missing_rate: 0`` would be reused at ``missing_rate: 0.9``.
+    Appending them to that list (the one object RecBole compares against, and
+    lists under "Dataset" when it prints a config) makes a changed mask
+    invalidate the cache.
+    """
+    from recbole.utils.argument_list import dataset_arguments
+
+    for key in MULTIMODAL_DATASET_ARGUMENTS:
+        if key not in dataset_arguments:
+            dataset_arguments.append(key)

@@ -1,0 +1,147 @@
+"""RecBole ``Dataset`` with item features per modality and their observed masks."""
+
+import os
+
+import numpy as np
+import torch
+from recbole.data.dataset import Dataset
+from recbole.utils import set_color
+
+from recbole_ci2mg.compat import check_benchmark_split
+from recbole_ci2mg.data.features import (
+    align_rows,
+    mean_impute,
+    parse_modality_specs,
+    read_feature_matrix,
+)
+from recbole_ci2mg.data.masks import (
+    check_mask_settings,
+    draw_observed_masks,
+    load_masks,
+    mask_file_name,
+    save_masks,
+)
+
+EMBEDDED_DATASET = "ml-100k-mm"
+
+
+class MultimodalDataset(Dataset):
+    r"""A RecBole ``Dataset`` that also holds item features, one matrix per modality.
+
+    After RecBole has loaded and remapped the interactions, each modality in
+    ``config["modalities"]`` is read, its rows are aligned to RecBole's internal
+    item ids (id 0 is padding), and an observed mask is formed from the items
+    the feature file really covers and a simulated mask (drawn from
+    ``missing_rate``, ``missing_mode`` and ``mask_seed``, or read from
+    ``mask_file``). Models read, per modality name:
+
+    - ``modality_features[name]``: ``[n_items, d_m]`` float tensor, unobserved
+      rows filled with the mean of observed rows;
+    - ``modality_observed[name]``: ``[n_items]`` bool tensor.
+
+    The split datasets RecBole builds are shallow copies, so they share these.
+    With no ``modalities`` configured it behaves as RecBole's ``Dataset`` plus
+    the benchmark-split check of :func:`recbole_ci2mg.compat.check_benchmark_split`.
+    """
+
+    def _from_scratch(self):
+        super()._from_scratch()
+        self._load_modalities()
+
+    def _download(self):
+        # RecBole calls this when the dataset folder is missing. The embedded
+        # default is built offline from the ml-100k copy inside recbole.
+        if self.dataset_name == EMBEDDED_DATASET:
+            from dataset_prep.ml100k import build_ml100k_mm
+
+            self.logger.info(f"Building the embedded dataset {EMBEDDED_DATASET} in {self.dataset_path}")
+            build_ml100k_mm(os.path.dirname(os.path.normpath(self.dataset_path)))
+            return
+        raise ValueError(
+            f"Dataset folder {self.dataset_path} does not exist. Convert the published "
+            f"files first: python -m dataset_prep {self.dataset_name} --src <folder> "
+            f"--out <folder> (it also writes properties/dataset/{self.dataset_name}.yaml), "
+            f"or point data_path at the folder that holds {self.dataset_name}/."
+        )
+
+    def build(self):
+        if self.benchmark_filename_list is not None:
+            check_benchmark_split(self)
+        return super().build()
+
+    def _load_modalities(self):
+        specs = parse_modality_specs(self.config["modalities"], self.dataset_path)
+        self.modality_names = [spec.name for spec in specs]
+        self.modality_features, self.modality_observed = {}, {}
+        if not specs:
+            return
+        missing_rate = self._setting("missing_rate", 0.0)
+        missing_mode = self._setting("missing_mode", "independent")
+        mask_seed = self._setting("mask_seed", 2023)
+        check_mask_settings(missing_rate, missing_mode, mask_seed)
+
+        item_tokens = [str(t) for t in self.field2id_token[self.iid_field][1:]]
+        raw, present = {}, {}
+        for spec in specs:
+            raw[spec.name], present[spec.name] = align_rows(spec, read_feature_matrix(spec), item_tokens)
+
+        observed = self._observed_masks(item_tokens, present, missing_rate, missing_mode, mask_seed)
+        for name in self.modality_names:
+            filled = mean_impute(raw[name], observed[name])
+            padded = np.vstack([np.zeros((1, filled.shape[1]), np.float32), filled])
+            self.modality_features[name] = torch.from_numpy(padded)
+            self.modality_observed[name] = torch.from_numpy(np.concatenate([[False], observed[name]]))
+        self._log_missingness(present, observed)
+
+    def _setting(self, key, default):
+        # The defaults of properties/overall.yaml, for configs built without it.
+        value = self.config[key]
+        return default if value is None else value
+
+    def _observed_masks(self, item_tokens, present, missing_rate, missing_mode, mask_seed):
+        r"""Observed = really present in the feature file AND kept by the mask.
+
+        A simulated mask is drawn on top of real incompleteness: it is drawn over
+        all items, independently of which rows the files have, so the same
+        ``mask_seed`` drops the same items whatever the feature files hold.
+        """
+        mask_file = self.config["mask_file"]
+        if mask_file:
+            path = mask_file if os.path.isabs(mask_file) else os.path.join(self.dataset_path, mask_file)
+            kept = load_masks(path, item_tokens, self.modality_names)
+            self.mask_path = path
+        else:
+            kept = draw_observed_masks(item_tokens, self.modality_names, missing_rate, missing_mode, mask_seed)
+            self.mask_path = os.path.join(
+                self.dataset_path,
+                "masks",
+                mask_file_name(self.dataset_name, missing_rate, missing_mode, mask_seed),
+            )
+        observed = {name: present[name] & kept[name] for name in self.modality_names}
+        if not mask_file:
+            try:
+                save_masks(self.mask_path, item_tokens, observed)
+            except OSError as error:
+                self.logger.warning(f"Could not save the mask to {self.mask_path}: {error}")
+                self.mask_path = None
+        return observed
+
+    def _log_missingness(self, present, observed):
+        n_items = len(next(iter(observed.values())))
+        lines = [set_color("Modalities", "pink") + f" (mask: {self.mask_path})"]
+        for name in self.modality_names:
+            lines.append(
+                f"  {name}: dim {self.modality_features[name].shape[1]}, "
+                f"absent from the feature file {int((~present[name]).sum())} items, "
+                f"missing in all {(~observed[name]).mean():.2%} of {n_items} items"
+            )
+        no_content = ~np.any(np.stack([observed[name] for name in self.modality_names]), axis=0)
+        lines.append(f"  items with no content at all: {no_content.mean():.2%}")
+        self.modality_summary = "\n".join(lines)
+        self.logger.info(self.modality_summary)
+
+    def __str__(self):
+        text = super().__str__()
+        if self.modality_names:
+            text += "\n" + self.modality_summary
+        return text

@@ -1,0 +1,200 @@
+"""Training and evaluating plugin and built-in models, as ``recbole.quick_start`` does.
+
+RecBole's ``run_recbole``, ``run_recbole_group`` and ``objective_function``
+resolve model names among RecBole's built-ins only and build RecBole's own
+datasets. These do the same job with :func:`recbole_ci2mg.registry.get_model`,
+:class:`recbole_ci2mg.data.MultimodalDataset` and the trainers of
+:mod:`recbole_ci2mg.trainer`, and read the project's ``properties/`` files.
+"""
+
+import logging
+import sys
+from logging import getLogger
+from pathlib import Path
+
+import yaml
+
+from recbole.config import Config
+from recbole.data import create_dataset as recbole_create_dataset
+from recbole.data import data_preparation
+from recbole.data.transform import construct_transform
+from recbole.utils import ModelType, get_environment, get_flops, init_logger, init_seed, set_color
+
+from recbole_ci2mg.compat import load_checkpoint, register_dataset_arguments
+from recbole_ci2mg.data import MultimodalDataset
+from recbole_ci2mg.registry import get_model
+from recbole_ci2mg.trainer import get_trainer
+
+PROPERTIES_DIR = Path(__file__).resolve().parents[1] / "properties"
+
+register_dataset_arguments()
+
+
+def properties_files(model_name, dataset):
+    r"""The project's YAML files for a run, in RecBole's order.
+
+    ``overall.yaml`` (the shared evaluation protocol), then
+    ``model/<model>.yaml``, then ``dataset/<dataset>.yaml``, each when present.
+    They come before the user's own files, which override them.
+    """
+    candidates = [
+        PROPERTIES_DIR / "overall.yaml",
+        PROPERTIES_DIR / "model" / f"{model_name}.yaml",
+        PROPERTIES_DIR / "dataset" / f"{dataset}.yaml",
+    ]
+    return [str(path) for path in candidates if path.is_file()]
+
+
+def build_config(model, dataset, config_file_list=None, config_dict=None):
+    """A RecBole ``Config`` for a plugin or built-in model, with the project's properties."""
+    model_class = get_model(model)
+    files = properties_files(model_class.__name__, dataset) + list(config_file_list or [])
+    return Config(model=model_class, dataset=dataset, config_file_list=files, config_dict=config_dict)
+
+
+def create_dataset(config):
+    r"""The dataset for ``config``.
+
+    General recommenders, ours and RecBole's, get :class:`MultimodalDataset`,
+    so every model of a comparison reads the same split, features and mask;
+    other model types get RecBole's own dataset classes.
+    """
+    if config["MODEL_TYPE"] == ModelType.GENERAL:
+        return MultimodalDataset(config)
+    return recbole_create_dataset(config)
+
+
+def _log_flops(model, dataset, config, logger):
+    # RecBole logs FLOPs by tracing one prediction; a model thop cannot trace
+    # must not stop the run.
+    try:
+        flops = get_flops(model, dataset, config["device"], logger, construct_transform(config))
+        logger.info(set_color("FLOPs", "blue") + f": {flops}")
+    except Exception as error:  # noqa: BLE001 - logging only
+        logger.warning(f"FLOPs not counted: {type(error).__name__}: {error}")
+
+
+def run_recbole(model=None, dataset=None, config_file_list=None, config_dict=None, saved=True, queue=None):
+    r"""Train ``model`` on ``dataset`` and evaluate it, like ``recbole.quick_start.run_recbole``.
+
+    Returns:
+        dict: ``best_valid_score``, ``valid_score_bigger``, ``best_valid_result``,
+        ``test_result`` (as RecBole), plus ``model``, ``dataset``, ``seed``,
+        ``best_epoch``, ``train_epoch_seconds`` (mean over epochs) and
+        ``epochs_trained``.
+    """
+    config = build_config(model, dataset, config_file_list, config_dict)
+    init_seed(config["seed"], config["reproducibility"])
+    init_logger(config)
+    logger = getLogger()
+    logger.info(sys.argv)
+    logger.info(config)
+
+    dataset = create_dataset(config)
+    logger.info(dataset)
+    train_data, valid_data, test_data = data_preparation(config, dataset)
+
+    init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
+    model = get_model(model)(config, train_data._dataset).to(config["device"])
+    logger.info(model)
+    _log_flops(model, dataset, config, logger)
+
+    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
+    best_valid_score, best_valid_result = trainer.fit(
+        train_data, valid_data, saved=saved, show_progress=config["show_progress"]
+    )
+    test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=config["show_progress"])
+
+    logger.info("The running environment of this training is as follows:\n" + get_environment(config).draw())
+    logger.info(set_color("best valid ", "yellow") + f": {best_valid_result}")
+    logger.info(set_color("test result", "yellow") + f": {test_result}")
+
+    epoch_seconds = trainer.train_epoch_seconds
+    result = {
+        "model": config["model"],
+        "dataset": config["dataset"],
+        "seed": config["seed"],
+        "best_valid_score": best_valid_score,
+        "valid_score_bigger": config["valid_metric_bigger"],
+        "best_valid_result": best_valid_result,
+        "test_result": test_result,
+        "best_epoch": trainer.best_epoch,
+        "epochs_trained": len(epoch_seconds),
+        "train_epoch_seconds": sum(epoch_seconds) / len(epoch_seconds) if epoch_seconds else None,
+        "saved_model_file": trainer.saved_model_file if saved else None,
+    }
+    if config["local_rank"] == 0 and queue is not None:
+        queue.put(result)
+    return result
+
+
+def run_recbole_group(model_list, dataset, config_file_list=None, config_dict=None, saved=True):
+    """Run several models, plugin or built-in, on one dataset; one result per model."""
+    return [
+        run_recbole(model, dataset, config_file_list, dict(config_dict or {}), saved)
+        for model in model_list
+    ]
+
+
+def objective_function(config_dict=None, config_file_list=None, saved=True):
+    r"""``recbole.trainer.HyperTuning``'s objective, for plugin and built-in models.
+
+    The model and dataset names come from ``config_dict`` or the config files,
+    as in RecBole. Selection uses ``best_valid_score``; the test result is
+    reported beside it, never used to choose.
+    """
+    settings = {}
+    for file in config_file_list or []:
+        with open(file) as f:
+            settings.update(yaml.safe_load(f) or {})
+    settings.update(config_dict or {})
+    if "model" not in settings or "dataset" not in settings:
+        raise KeyError("objective_function needs 'model' and 'dataset' in config_dict or the config files.")
+    config = build_config(settings["model"], settings["dataset"], config_file_list, config_dict)
+    init_seed(config["seed"], config["reproducibility"])
+    logger = getLogger()
+    for handler in logger.handlers[:]:
+        logger.removeHandler(handler)
+    init_logger(config)
+    logging.basicConfig(level=logging.ERROR)
+    dataset = create_dataset(config)
+    train_data, valid_data, test_data = data_preparation(config, dataset)
+    init_seed(config["seed"], config["reproducibility"])
+    model = get_model(settings["model"])(config, train_data._dataset).to(config["device"])
+    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
+    best_valid_score, best_valid_result = trainer.fit(train_data, valid_data, verbose=False, saved=saved)
+    test_result = trainer.evaluate(test_data, load_best_model=saved)
+    return {
+        "model": config["model"],
+        "best_valid_score": best_valid_score,
+        "valid_score_bigger": config["valid_metric_bigger"],
+        "best_valid_result": best_valid_result,
+        "test_result": test_result,
+    }
+
+
+def load_data_and_model(model_file, allow_unsafe_pickle=False):
+    r"""Rebuild config, data and trained model from a checkpoint, like RecBole's function.
+
+    Checkpoints written by this package hold plain data and load with
+    ``weights_only=True``. A checkpoint written by RecBole itself needs
+    ``allow_unsafe_pickle=True`` (see :func:`recbole_ci2mg.compat.load_checkpoint`).
+
+    Returns:
+        tuple: ``(config, model, dataset, train_data, valid_data, test_data)``.
+    """
+    checkpoint = load_checkpoint(model_file, allow_unsafe_pickle)
+    saved_config = checkpoint["config"]
+    if isinstance(saved_config, Config):  # legacy RecBole checkpoint, loaded on request
+        config = saved_config
+    else:
+        config = build_config(saved_config["model"], saved_config["dataset"], config_dict=saved_config["settings"])
+    init_seed(config["seed"], config["reproducibility"])
+    init_logger(config)
+    dataset = create_dataset(config)
+    train_data, valid_data, test_data = data_preparation(config, dataset)
+    init_seed(config["seed"], config["reproducibility"])
+    model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
+    model.load_state_dict(checkpoint["state_dict"])
+    model.load_other_parameter(checkpoint.get("other_parameter"))
+    return config, model, dataset, train_data, valid_data, test_data

@@ -1,0 +1,32 @@
+"""Model names: this package's models, then RecBole's built-ins.
+
+RecBole's ``get_model`` only searches ``recbole.model``; plugin models are
+listed here, one line each, and every entry point of this package (training,
+groups, tuning, checkpoint reload) resolves names through :func:`get_model`.
+"""
+
+from recbole.utils import get_model as recbole_get_model
+
+# name on the command line -> model class
+PLUGIN_MODELS = {}
+
+
+def get_model(name):
+    """The model class called ``name``: ours first, then RecBole's."""
+    if not isinstance(name, str):
+        return name
+    if name in PLUGIN_MODELS:
+        return PLUGIN_MODELS[name]
+    # RecBole stores the class name in config["model"]; checkpoints hold that.
+    by_class_name = {cls.__name__: cls for cls in PLUGIN_MODELS.values()}
+    if name in by_class_name:
+        return by_class_name[name]
+    try:
+        return recbole_get_model(name)
+    except (ValueError, ImportError, AttributeError):
+        ours = ", ".join(sorted(PLUGIN_MODELS)) or "none yet"
+        raise ValueError(
+            f"Unknown model '{name}'. This package's models: {ours}; RecBole's "
+            f"built-ins are named as in recbole.model (e.g. BPR, NGCF, LightGCN, SGL, NCL). "
+            f"Names are case-sensitive."
+        ) from None

@@ -1,0 +1,88 @@
+"""Shared fixtures: small benchmark datasets written by the tests themselves."""
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATASETS = REPO.parent / "shared" / "datasets"
+
+
+@pytest.fixture(autouse=True)
+def isolated_run(tmp_path, monkeypatch):
+    """Run every test in its own folder with a clean command line.
+
+    RecBole writes log/, log_tensorboard/ and saved/ into the working directory
+    and reads ``--key=value`` config overrides from ``sys.argv``: neither the
+    repository nor pytest's own flags may leak into a run.
+    """
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["pytest"])
+    yield
+
+
+def write_benchmark(root, name, splits, modalities=None):
+    r"""Write ``root/name/name.{train,valid,test}.inter`` and feature files.
+
+    Args:
+        splits (dict): split name -> list of (user, item) raw ids.
+        modalities (dict): modality name -> (matrix, keys or None); keys are
+            written to ``<name>.keys`` beside ``<name>.npy``.
+
+    Returns:
+        dict: the config settings that read this dataset.
+    """
+    folder = Path(root) / name
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, pairs in splits.items():
+        lines = ["user_id:token\titem_id:token"] + [f"{u}\t{i}" for u, i in pairs]
+        (folder / f"{name}.{split}.inter").write_text("\n".join(lines) + "\n")
+    specs = {}
+    for modality, (matrix, keys) in (modalities or {}).items():
+        np.save(folder / f"{modality}.npy", matrix)
+        specs[modality] = {"file": f"{modality}.npy"}
+        if keys is not None:
+            (folder / f"{modality}.keys").write_text("\n".join(map(str, keys)) + "\n")
+            specs[modality]["keys"] = f"{modality}.keys"
+    return {
+        "data_path": str(root),
+        "benchmark_filename": list(splits),
+        "USER_ID_FIELD": "user_id",
+        "ITEM_ID_FIELD": "item_id",
+        "load_col": {"inter": ["user_id", "item_id"]},
+        "modalities": specs,
+        "show_progress": False,
+        "state": "WARNING",
+    }
+
+
+def planted_interactions(n_users=60, n_items=40, per_user=8, seed=0):
+    """Train/valid/test pairs where user u prefers items of cluster u % 4."""
+    rng = np.random.default_rng(seed)
+    clusters = np.arange(n_items) % 4
+    splits = {"train": [], "valid": [], "test": []}
+    for u in range(n_users):
+        liked = rng.choice(np.flatnonzero(clusters == u % 4), size=per_user, replace=False)
+        splits["train"] += [(u, i) for i in liked[:-2]]
+        splits["valid"].append((u, liked[-2]))
+        splits["test"].append((u, liked[-1]))
+    return splits, clusters
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    """A 60-user, 40-item benchmark dataset with two modalities.
+
+    ``v`` is row-ordered (row i = item "i"); ``t`` is keyed and has no row for
+    items 35..39 (really missing).
+    """
+    splits, clusters = planted_interactions()
+    rng = np.random.default_rng(1)
+    v = np.eye(4, dtype=np.float32)[clusters] + 0.01 * rng.standard_normal((40, 4)).astype(np.float32)
+    t_keys = list(range(35))[::-1]  # keyed rows in reverse order
+    t = np.stack([np.full(3, k, np.float32) for k in t_keys])
+    settings = write_benchmark(tmp_path / "data", "tiny", splits, {"v": (v, None), "t": (t, t_keys)})
+    return settings
