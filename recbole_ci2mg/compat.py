@@ -107,8 +107,8 @@ def load_checkpoint(model_file, allow_unsafe_pickle=False):
                 f"Checkpoint {model_file} holds pickled Python objects (a checkpoint "
                 f"written by RecBole itself, not by recbole_ci2mg), so it cannot be "
                 f"loaded safely ({type(error).__name__}). If you trust the file, load "
-                f"it with allow_unsafe_pickle=True (run_recbole.py "
-                f"--allow_unsafe_pickle); unpickling runs any code the file contains."
+                f"it with load_data_and_model(file, allow_unsafe_pickle=True); "
+                f"unpickling runs any code the file contains."
             ) from None
     getLogger().warning(f"Unpickling legacy checkpoint {model_file} with weights_only=False.")
     return torch.load(model_file, map_location="cpu", weights_only=False)

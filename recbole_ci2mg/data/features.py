@@ -36,6 +36,10 @@ def parse_modality_specs(modalities, dataset_dir):
             f"Config key modalities = {modalities!r} must map each modality name to "
             f"{{file: <features.npy>[, keys: <keys file>]}}."
         )
+
+    def resolve(path):
+        return path if path is None or os.path.isabs(path) else os.path.join(dataset_dir, path)
+
     specs = []
     for name, entry in modalities.items():
         if isinstance(entry, str):
@@ -45,7 +49,6 @@ def parse_modality_specs(modalities, dataset_dir):
                 f"Config key modalities.{name} = {entry!r}: expected "
                 f"{{file: <features.npy>}} or {{file: <features.npy>, keys: <keys file>}}."
             )
-        resolve = lambda p: p if p is None or os.path.isabs(p) else os.path.join(dataset_dir, p)
         specs.append(ModalitySpec(str(name), resolve(entry["file"]), resolve(entry.get("keys"))))
     return specs
 
