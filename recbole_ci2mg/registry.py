@@ -7,8 +7,13 @@ groups, tuning, checkpoint reload) resolves names through :func:`get_model`.
 
 from recbole.utils import get_model as recbole_get_model
 
+from recbole_ci2mg.model import CI2MG, LightGCNM
+
 # name on the command line -> model class
-PLUGIN_MODELS = {}
+PLUGIN_MODELS = {
+    "CI2MG": CI2MG,
+    "LightGCN-M": LightGCNM,
+}
 
 
 def get_model(name):

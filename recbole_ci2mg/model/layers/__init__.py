@@ -1,0 +1,1 @@
+"""Layers shared by the models: graph propagation, prototype hypergraphs, optimal transport."""
