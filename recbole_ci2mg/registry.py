@@ -8,11 +8,23 @@ groups, tuning, checkpoint reload) resolves names through :func:`get_model`.
 from recbole.utils import get_model as recbole_get_model
 
 from recbole_ci2mg.model import CI2MG, LightGCNM
+from recbole_ci2mg.model.baselines.freedom import FREEDOM
+from recbole_ci2mg.model.baselines.hccf import HCCF
+from recbole_ci2mg.model.baselines.vbpr import VBPR
+from recbole_ci2mg.model.baselines.mmgcl import MMGCL
+from recbole_ci2mg.model.baselines.mmssl import MMSSL
+from recbole_ci2mg.model.baselines.slmrec import SLMRec
 
 # name on the command line -> model class
 PLUGIN_MODELS = {
     "CI2MG": CI2MG,
     "LightGCN-M": LightGCNM,
+    "VBPR": VBPR,
+    "FREEDOM": FREEDOM,
+    "HCCF": HCCF,
+    "MMGCL": MMGCL,
+    "SLMRec": SLMRec,
+    "MMSSL": MMSSL,
 }
 
 

@@ -145,3 +145,19 @@ class MultimodalDataset(Dataset):
         if self.modality_names:
             text += "\n" + self.modality_summary
         return text
+
+
+def require_modalities(dataset, model_name):
+    r"""The modality names of ``dataset``, for a model that cannot work without content.
+
+    Raises a clear error when the dataset declares no modality (or is not a
+    :class:`MultimodalDataset`), instead of failing later on an empty list.
+    """
+    names = list(getattr(dataset, "modality_names", []))
+    if not names:
+        raise ValueError(
+            f"{model_name} needs item modalities (at least one), but the dataset declares none: "
+            f"set `modalities` in the dataset's YAML (see properties/overall.yaml), or run an "
+            f"ID-only model such as LightGCN."
+        )
+    return names

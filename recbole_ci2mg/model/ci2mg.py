@@ -19,6 +19,7 @@ from recbole.model.init import xavier_uniform_initialization
 from recbole.model.loss import BPRLoss, EmbLoss
 from recbole.utils import InputType
 
+from recbole_ci2mg.data import require_modalities
 from recbole_ci2mg.model.layers.graph import (
     lightgcn_propagate,
     mean_aggregate,
@@ -82,12 +83,7 @@ class CI2MG(GeneralRecommender):
 
         # load dataset info
         self.interaction_matrix = dataset.inter_matrix(form="coo").astype(np.float32)
-        self.modality_names = list(getattr(dataset, "modality_names", []))
-        if not self.modality_names:
-            raise ValueError(
-                f"{type(self).__name__} needs item modalities, but the dataset declares none: set "
-                f"`modalities` in the dataset's YAML (see properties/overall.yaml)."
-            )
+        self.modality_names = require_modalities(dataset, type(self).__name__)
         raw_features = [dataset.modality_features[name] for name in self.modality_names]
         observed = [dataset.modality_observed[name].bool() for name in self.modality_names]
         self.n_modalities = len(self.modality_names)

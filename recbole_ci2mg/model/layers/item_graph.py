@@ -1,0 +1,147 @@
+r"""Item-item kNN graphs over modality features, cached beside the dataset.
+
+FREEDOM (Zhou and Shen, MM '23, Eq. 1-3, after LATTICE) builds, once per
+modality, the graph that links every item to the ``k`` items whose feature
+rows are most similar in cosine, and freezes it. Here that graph is built in
+row chunks (memory ``O(chunk · N + N · k)``, never a dense ``N × N``) and
+saved under ``<dataset_path>/cache/`` with a key over everything it depends
+on: the feature matrix the model receives, the observed mask, ``k`` and the
+builder version, so a graph drawn under another mask is never reused.
+"""
+
+import hashlib
+import os
+import tempfile
+from logging import getLogger
+
+import numpy as np
+import torch
+
+CACHE_VERSION = "knn-v1"  # bump when the builder's output changes
+DENSE_BLOCK_ELEMENTS = 1 << 24  # similarity entries per chunk (64 MiB in float32)
+
+
+def knn_neighbours(features, k, chunk_rows=None):
+    r"""The ``k`` most cosine-similar rows of every row, the row itself included.
+
+    .. math::
+        S_{ij} = \frac{f_i^\top f_j}{\lVert f_i \rVert \lVert f_j \rVert}, \qquad
+        \mathcal{N}_k(i) = \operatorname{top-}k_j \, S_{ij}
+
+    The similarity is computed a block of rows at a time. A zero row (a
+    modality missing everywhere) has similarity 0 to everything; its
+    neighbours are then arbitrary but fixed.
+
+    Args:
+        features: ``[N, d]`` float tensor.
+        k (int): neighbours per row; clipped to ``N``.
+        chunk_rows (int): rows per block; default keeps a block at
+            ``DENSE_BLOCK_ELEMENTS`` similarities.
+
+    Returns:
+        ``[N, min(k, N)]`` int64 tensor of column indices.
+    """
+    n = features.shape[0]
+    k = min(int(k), n)
+    if chunk_rows is None:
+        chunk_rows = max(1, DENSE_BLOCK_ELEMENTS // max(n, 1))
+    unit = torch.nn.functional.normalize(features.float(), dim=1)  # [N, d]
+    out = torch.empty((n, k), dtype=torch.long)
+    for start in range(0, n, chunk_rows):
+        block = unit[start : start + chunk_rows] @ unit.T  # [chunk, N]
+        out[start : start + chunk_rows] = torch.topk(block, k, dim=1).indices
+    return out
+
+
+def knn_norm_adj(neighbours, n_nodes, offset=0):
+    r"""FREEDOM's normalised kNN adjacency :math:`D^{-1/2} A D^{-1/2}` (its Eq. 3).
+
+    :math:`A_{ij} = 1` when :math:`j \in \mathcal{N}_k(i)`; :math:`D` holds the
+    row sums of :math:`A` on both sides, as the paper's reference
+    implementation does, so every stored value is :math:`1 / k`.
+
+    Args:
+        neighbours: ``[n, k]`` from :func:`knn_neighbours`.
+        n_nodes (int): size of the square output (``n + offset`` at least).
+        offset (int): added to row and column ids (1 skips RecBole's padding item 0).
+
+    Returns:
+        torch sparse COO tensor ``[n_nodes, n_nodes]``, coalesced.
+    """
+    n, k = neighbours.shape
+    rows = torch.arange(n).repeat_interleave(k)
+    cols = neighbours.reshape(-1)
+    degree = torch.bincount(rows, minlength=n).float().clamp(min=1.0)
+    inv_sqrt = degree.pow(-0.5)
+    values = inv_sqrt[rows] * inv_sqrt[cols]
+    indices = torch.stack([rows, cols]) + offset
+    return torch.sparse_coo_tensor(indices, values, (n_nodes, n_nodes), check_invariants=True).coalesce()
+
+
+def knn_cache_key(features, observed, k):
+    """sha1 over the builder version, ``k``, the features' shape and bytes, and the observed mask."""
+    digest = hashlib.sha1()
+    features = np.ascontiguousarray(np.asarray(features, dtype=np.float32))
+    observed = np.ascontiguousarray(np.asarray(observed, dtype=bool))
+    digest.update(f"{CACHE_VERSION};k={int(k)};shape={features.shape};mask={observed.shape};".encode())
+    digest.update(observed.tobytes())
+    digest.update(features.tobytes())
+    return digest.hexdigest()
+
+
+def cached_knn_neighbours(features, observed, k, cache_dir=None, name="features"):
+    r"""Item kNN neighbours (padding row 0 excluded), read from or written to ``cache_dir``.
+
+    Args:
+        features: ``[n_items, d]`` float tensor whose row 0 is RecBole's padding item.
+        observed: ``[n_items]`` bool tensor, the modality's observed mask (part of the key).
+        k (int): neighbours per item.
+        cache_dir (str): folder of the cache; ``None`` disables caching.
+        name (str): modality name, for the file name only.
+
+    Returns:
+        tuple: ``neighbours`` ``[n_items - 1, k']`` int64 in ids ``0..n_items-2``
+        (add 1 for RecBole ids), ``path`` of the cache file (or ``None``) and
+        ``loaded`` (True when read from the cache).
+    """
+    logger = getLogger()
+    items = features[1:]
+    path = None
+    if cache_dir is not None:
+        key = knn_cache_key(features.detach().cpu().numpy(), observed.detach().cpu().numpy(), k)
+        safe_name = "".join(c if c.isalnum() or c in "-_" else "_" for c in str(name))
+        path = os.path.join(cache_dir, f"knn-{safe_name}-k{int(k)}-{key}.npz")
+        if os.path.isfile(path):
+            try:
+                with np.load(path, allow_pickle=False) as stored:
+                    neighbours = torch.from_numpy(stored["neighbours"].astype(np.int64))
+                if neighbours.shape[0] == items.shape[0]:
+                    logger.info(f"kNN graph of {name} loaded from {path}")
+                    return neighbours, path, True
+                logger.warning(f"Ignoring the kNN cache {path}: it holds {neighbours.shape[0]} rows")
+            except (OSError, ValueError, KeyError) as error:
+                logger.warning(f"Ignoring the unreadable kNN cache {path}: {error}")
+
+    neighbours = knn_neighbours(items, k)
+    if path is not None:
+        try:
+            save_atomic(path, neighbours=neighbours.numpy().astype(np.int64))
+            logger.info(f"kNN graph of {name} cached in {path}")
+        except OSError as error:
+            logger.warning(f"Could not cache the kNN graph of {name} in {cache_dir}: {error}")
+    return neighbours, path, False
+
+
+def save_atomic(path, **arrays):
+    """``np.savez`` to a temporary file in the same folder, then ``os.replace`` onto ``path``."""
+    folder = os.path.dirname(path) or "."
+    os.makedirs(folder, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=folder)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            np.savez(stream, **arrays)
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+        raise
