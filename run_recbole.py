@@ -12,7 +12,7 @@ import argparse
 from recbole_ci2mg.data import EMBEDDED_DATASET
 from recbole_ci2mg.quick_start import run_recbole_group
 
-DEFAULT_MODEL = "LightGCN"
+DEFAULT_MODEL = "CI2MG"
 
 
 def format_results(results, k=20):
