@@ -9,9 +9,15 @@ that protect RecBole (numpy<2, pandas<3, scipy<1.13, setuptools<81) live in
 
 import os
 import uuid
+from contextlib import contextmanager
 from logging import getLogger
 
 import torch
+
+
+# Config keys with which RecBole's multi-process mode starts a rank (see
+# patch_distributed); a checkpoint keeps none of them, so it reloads in one process.
+DISTRIBUTED_ARGUMENTS = ("local_rank", "world_size", "ip", "port", "nproc", "offset")
 
 
 def plain_config(config):
@@ -24,12 +30,13 @@ def plain_config(config):
     crafted file holds. We store instead the model name, the dataset name and
     the external settings (config files, config dict and command line, already
     merged by RecBole), which rebuild the same ``Config`` through
-    :func:`recbole_ci2mg.quick_start.build_config`.
+    :func:`recbole_ci2mg.quick_start.build_config`, less the keys that made
+    the run multi-process.
     """
     settings = {
         key: _plain(value)
         for key, value in config.external_config_dict.items()
-        if key not in ("model", "dataset")
+        if key not in ("model", "dataset") and key not in DISTRIBUTED_ARGUMENTS
     }
     return {"model": config["model"], "dataset": config["dataset"], "settings": settings}
 
@@ -63,12 +70,28 @@ class PlainCheckpointMixin:
       runs of one model started in the same second in the same
       ``checkpoint_dir`` (a group of seeds, parallel processes) overwrite each
       other's best model. A random suffix keeps them apart.
+
+    In multi-process training (``single_spec`` False) only rank 0 writes the
+    checkpoint, and every rank reads it back in ``evaluate(load_best_model=
+    True)``. RecBole's ranks each name the file from their own clock, so a
+    rank started a second later looks for a file that was never written; here
+    every rank takes rank 0's name, and waits for rank 0 to finish writing
+    before reading. (Ranks on other machines need a shared ``checkpoint_dir``.)
     """
 
     def __init__(self, config, model):
         super().__init__(config, model)
         stem, ext = os.path.splitext(self.saved_model_file)
         self.saved_model_file = f"{stem}-{uuid.uuid4().hex[:8]}{ext}"
+        if not config["single_spec"]:
+            shared = [self.saved_model_file]
+            torch.distributed.broadcast_object_list(shared, src=0)
+            self.saved_model_file = shared[0]
+
+    def evaluate(self, eval_data, load_best_model=True, model_file=None, show_progress=False):
+        if load_best_model and model_file is None and not self.config["single_spec"]:
+            torch.distributed.barrier()  # rank 0 may still be writing the best model
+        return super().evaluate(eval_data, load_best_model, model_file, show_progress)
 
     def _save_checkpoint(self, epoch, verbose=True, **kwargs):
         if not self.config["single_spec"] and self.config["local_rank"] != 0:
@@ -161,3 +184,124 @@ def register_dataset_arguments():
     for key in MULTIMODAL_DATASET_ARGUMENTS:
         if key not in dataset_arguments:
             dataset_arguments.append(key)
+
+
+@contextmanager
+def keep_anomaly_mode():
+    r"""Restore autograd's anomaly detection to its state on entry.
+
+    RecBole 1.2.1's ``recbole/model/sequential_recommender/sine.py`` calls
+    ``torch.autograd.set_detect_anomaly(True)`` when imported, and
+    ``recbole.utils.get_model`` imports every model package while it searches
+    a name it does not find early (a sequential model, or a misspelt name).
+    Anomaly detection then stays on for the rest of the process: every
+    backward pass runs several times slower, and a later run fails where it
+    would otherwise have trained.
+    """
+    enabled = torch.is_anomaly_enabled()
+    try:
+        yield
+    finally:
+        torch.autograd.set_detect_anomaly(enabled)
+
+
+def patch_distributed():
+    r"""Let RecBole's multi-process mode run on CPU (gloo) as well as on GPUs (nccl).
+
+    RecBole 1.2.1 starts a rank whenever the config holds ``local_rank`` and
+    then hard-codes CUDA in two places:
+
+    - ``Config._init_device`` always calls ``init_process_group(backend=
+      "nccl")``, puts the rank on ``cuda:<local_rank>`` and calls
+      ``torch.cuda.set_device``, which fail on a machine without CUDA.
+    - ``AbstractTrainer.__init__`` wraps the model in ``SyncBatchNorm`` (whose
+      training forward refuses CPU tensors once a process group exists) and in
+      ``DistributedDataParallel(device_ids=[local_rank])``, which refuses
+      device ids for a CPU module.
+
+    With the patch, a rank whose config asks for no GPU (``gpu_id`` empty) or
+    that finds no CUDA device joins the group with ``gloo`` on the CPU, the
+    same condition under which RecBole's single-process mode picks the CPU;
+    GPU ranks go through RecBole's own code unchanged. Single-process runs
+    (no ``local_rank``) are untouched. Idempotent.
+    """
+    from recbole.config import Config
+    from recbole.trainer import trainer as recbole_trainer
+
+    if getattr(Config._init_device, "_ci2mg_patched", False):
+        return
+    recbole_init_device = Config._init_device
+
+    def _init_device(self):
+        settings = self.final_config_dict
+        if "local_rank" in settings and not _rank_uses_cuda(settings):
+            _init_cpu_rank(settings)
+        else:
+            recbole_init_device(self)
+
+    def _trainer_init(self, config, model):
+        self.config = config
+        self.model = model
+        if not config["single_spec"]:
+            device_ids = None  # DistributedDataParallel's value for CPU modules
+            if config["device"].type == "cuda":
+                self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+                device_ids = [config["local_rank"]]
+            # BatchNorm on CPU ranks stays per rank: CI2MG normalises over the
+            # whole item set, which every rank computes alike; a model that
+            # normalises over the batch (MMSSL) sees its rank's share of it.
+            self.distributed_model = recbole_trainer.DistributedDataParallel(self.model, device_ids=device_ids)
+
+    _init_device._ci2mg_patched = True
+    Config._init_device = _init_device
+    recbole_trainer.AbstractTrainer.__init__ = _trainer_init
+
+
+def _rank_uses_cuda(settings):
+    """RecBole's own rule for the device, applied to a rank: a GPU id is set and CUDA is there."""
+    gpu_id = settings["gpu_id"]
+    gpu_id = ",".join(map(str, gpu_id)) if isinstance(gpu_id, (tuple, list)) else str(gpu_id)
+    settings["gpu_id"] = gpu_id
+    # Set before CUDA is first queried, as RecBole does, so the query sees it.
+    os.environ["CUDA_VISIBLE_DEVICES"] = gpu_id
+    return len(gpu_id) > 0 and torch.cuda.is_available()
+
+
+def _init_cpu_rank(settings):
+    """RecBole's distributed branch of ``Config._init_device`` with ``gloo`` and the CPU."""
+    torch.distributed.init_process_group(
+        backend="gloo",
+        rank=settings["local_rank"] + settings["offset"],
+        world_size=settings["world_size"],
+        init_method=f"tcp://{settings['ip']}:{settings['port']}",
+    )
+    settings["device"] = torch.device("cpu")
+    settings["single_spec"] = False
+    if settings["local_rank"] != 0:  # as RecBole: only rank 0 logs and shows progress
+        settings["state"] = "error"
+        settings["show_progress"] = False
+        settings["verbose"] = False
+
+
+def best_trial(trials, bigger=True):
+    r"""The trial with the best validation score, the first of equal ones.
+
+    Replaces ``HyperTuning.best_params``, which RecBole's ``trial`` keeps with
+    ``if not self.best_score``: a best score of exactly 0 (a short trial that
+    recalls nothing) reads as "no best yet", so the next trial replaces it even
+    when it scores worse. ``HyperTuning.params2result`` is keyed by the printed
+    parameters, so random and bayes search, which can draw one configuration
+    twice, keep only the last of its results; callers record every trial.
+
+    Args:
+        trials (list of dict): each with ``valid_score``.
+        bigger (bool): ``valid_metric_bigger`` of the config.
+    """
+    if not trials:
+        raise ValueError("No trial finished, so there is no best configuration.")
+    best = trials[0]
+    for trial in trials[1:]:
+        score = trial["valid_score"]
+        if score > best["valid_score"] if bigger else score < best["valid_score"]:
+            best = trial
+    return best

@@ -20,7 +20,7 @@ from recbole.data import data_preparation
 from recbole.data.transform import construct_transform
 from recbole.utils import ModelType, get_environment, get_flops, init_logger, init_seed, set_color
 
-from recbole_ci2mg.compat import load_checkpoint, register_dataset_arguments
+from recbole_ci2mg.compat import load_checkpoint, patch_distributed, register_dataset_arguments
 from recbole_ci2mg.data import MultimodalDataset
 from recbole_ci2mg.registry import get_model
 from recbole_ci2mg.trainer import get_trainer
@@ -28,6 +28,7 @@ from recbole_ci2mg.trainer import get_trainer
 PROPERTIES_DIR = Path(__file__).resolve().parents[1] / "properties"
 
 register_dataset_arguments()
+patch_distributed()
 
 
 def properties_files(model_name, dataset):
@@ -126,6 +127,68 @@ def run_recbole(model=None, dataset=None, config_file_list=None, config_dict=Non
     if config["local_rank"] == 0 and queue is not None:
         queue.put(result)
     return result
+
+
+def run_recbole_distributed(
+    model,
+    dataset,
+    config_file_list=None,
+    config_dict=None,
+    saved=True,
+    nproc=2,
+    world_size=-1,
+    ip="localhost",
+    port="5678",
+    group_offset=0,
+):
+    r"""Train and evaluate with ``nproc`` processes, like ``recbole.quick_start.run`` with ``nproc > 1``.
+
+    Each process runs :func:`run_recbole` as one rank of RecBole's
+    ``DistributedDataParallel`` mode: the training batches and the evaluated
+    users are split between ranks, gradients and metrics are gathered. Ranks
+    use the GPUs of ``gpu_id`` with ``nccl`` where CUDA is available, and the
+    CPU with ``gloo`` otherwise (see :func:`recbole_ci2mg.compat.patch_distributed`).
+
+    Args:
+        nproc (int): processes started on this machine.
+        world_size (int): processes over all machines; -1 means ``nproc``.
+        ip, port (str): address of rank 0's rendezvous (``tcp://ip:port``).
+        group_offset (int): global rank of this machine's first process.
+
+    Returns:
+        dict: the result of :func:`run_recbole` on this machine's first rank
+        (metrics are gathered over all ranks, so every rank holds the same);
+        None if that rank returned nothing.
+    """
+    import torch.multiprocessing as mp
+
+    if world_size == -1:
+        world_size = nproc
+    if nproc < 1 or world_size < nproc:
+        raise ValueError(f"Need nproc >= 1 and world_size >= nproc; got nproc = {nproc}, world_size = {world_size}.")
+    config_dict = dict(config_dict or {})
+    config_dict.update({"world_size": world_size, "ip": ip, "port": port, "nproc": nproc, "offset": group_offset})
+    # The results travel back through a queue of the "spawn" context, the
+    # start method mp.spawn uses (RecBole's run() does the same).
+    queue = mp.get_context("spawn").SimpleQueue()
+    mp.spawn(
+        _run_rank,
+        args=(model, dataset, config_file_list, config_dict, saved, queue),
+        nprocs=nproc,
+        join=True,
+    )
+    return None if queue.empty() else queue.get()
+
+
+def _run_rank(rank, model, dataset, config_file_list, config_dict, saved, queue):
+    """One process of :func:`run_recbole_distributed`; ``rank`` is its local rank."""
+    import torch.distributed as dist
+
+    try:
+        run_recbole(model, dataset, config_file_list, {**config_dict, "local_rank": rank}, saved, queue)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def run_recbole_group(model_list, dataset, config_file_list=None, config_dict=None, saved=True):

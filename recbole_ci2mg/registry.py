@@ -7,6 +7,7 @@ groups, tuning, checkpoint reload) resolves names through :func:`get_model`.
 
 from recbole.utils import get_model as recbole_get_model
 
+from recbole_ci2mg.compat import keep_anomaly_mode
 from recbole_ci2mg.model import CI2MG, LightGCNM
 from recbole_ci2mg.model.baselines.freedom import FREEDOM
 from recbole_ci2mg.model.baselines.hccf import HCCF
@@ -39,7 +40,8 @@ def get_model(name):
     if name in by_class_name:
         return by_class_name[name]
     try:
-        return recbole_get_model(name)
+        with keep_anomaly_mode():
+            return recbole_get_model(name)
     except (ValueError, ImportError, AttributeError):
         ours = ", ".join(sorted(PLUGIN_MODELS)) or "none yet"
         raise ValueError(

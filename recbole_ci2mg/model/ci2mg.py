@@ -21,9 +21,8 @@ from recbole.utils import InputType
 
 from recbole_ci2mg.data import require_modalities
 from recbole_ci2mg.model.layers.graph import (
+    MeanAggregation,
     lightgcn_propagate,
-    mean_aggregate,
-    row_norm_pair,
     symmetric_norm_adj,
 )
 from recbole_ci2mg.model.layers.hypergraph import PrototypeHypergraph
@@ -46,7 +45,12 @@ class CI2MG(GeneralRecommender):
       the model never reads a missing row's raw values. A learnable linear map
       ``d_m -> d`` projects each modality (needed because ``d_m != d``).
     - **Eq. 1** aggregates the projected features over training interactions;
-      an item without any keeps its own projected row.
+      an item without any keeps its own projected row. In training, the
+      batch's positive edges are left out of this aggregation
+      (``leave_batch_edges_out``, default True): with them in, a positive's
+      own features sit on both sides of its Eq. 13 score, a shortcut BPR
+      learns and evaluation never offers (see
+      :class:`~recbole_ci2mg.model.layers.graph.MeanAggregation`).
     - **Eq. 2** is a LightGCN propagation (mean over layers of the
       symmetrically normalised graph), the common and stronger reading of the
       paper's per-layer ``σ(D^{-1} R X W)``.
@@ -65,19 +69,16 @@ class CI2MG(GeneralRecommender):
       Two readings of the BN, both about Eq. 13 where Z^m is concatenated
       with the ID embedding and scored against F^{U,m}:
 
-      * *Statistics* (``bn_running_stats``, default True, PyTorch's). Every
-        forward pass, training or evaluation, normalises the whole item set
-        at once, so the training "batch" is the population and its
-        statistics are exact. With running statistics, evaluation scores a
-        different model from the one trained: the exponential average starts
-        at variance 1 and lags the true variance, so after the first epoch
-        on TikTok at 90% missing eval-mode Z^m was ~30x smaller than in
-        training and the model was ranked almost by its ID block alone (this
-        is the whole of its epoch-0 validation peak). ``False`` uses the
-        exact item-set statistics in evaluation too. It is not the default
-        because the lag happens to help: it shrinks the over-scaled Z^m (see
-        *Scale*), and the planted-content test scores 0.34 with running
-        statistics against 0.29 without.
+      * *Statistics* (``bn_running_stats``, default False). Every forward
+        pass, training or evaluation, normalises the whole item set at once,
+        so the training "batch" is the population and its statistics are
+        exact; by default evaluation uses those same exact statistics, so it
+        scores the model that was trained. ``True`` is PyTorch's default
+        (running statistics in evaluation); it evaluates a different model:
+        the exponential average starts at variance 1 and lags the true
+        variance, so after the first epoch on TikTok at 90% missing eval-mode
+        Z^m was ~30x smaller than in training and the model was ranked almost
+        by its ID block alone (the whole of its epoch-0 validation peak).
       * *Scale* (``bn_init_scale``, the initial BN weight γ; default 1.0,
         PyTorch's). With γ = 1 every dimension of Z^m has unit variance, so a
         row has norm ~sqrt(d) (≈ 5 after the LeakyReLU), 10-50x the ID
@@ -118,6 +119,7 @@ class CI2MG(GeneralRecommender):
         self.n_layers = config["n_layers"]
         self.reg_weight = config["reg_weight"]
         self.require_pow = config["require_pow"] or False
+        self.leave_batch_edges_out = config["leave_batch_edges_out"] is not False
         self.use_intra, self.use_inter, self.use_contrastive, self.use_task_guided = (
             bool(config[switch]) for switch in SWITCHES
         )
@@ -145,12 +147,13 @@ class CI2MG(GeneralRecommender):
             self.ot_block_size = self._require(config, "ot_block_size")
             self.ot_delta_rank = self._require(config, "ot_delta_rank")
             self.ot_differentiable = bool(config["ot_differentiable"])
+            self.ot_plan_refresh = config["ot_plan_refresh"] or "step"
         if self.use_contrastive:
             self.cl_weight = self._require(config, "cl_weight")
             self.cl_temperature = self._require(config, "cl_temperature")
         if self.use_task_guided:
             self.rec_weight = self._require(config, "rec_weight")
-            self.bn_running_stats = config["bn_running_stats"] is not False  # unset: PyTorch's default, True
+            self.bn_running_stats = bool(config["bn_running_stats"])  # unset: exact statistics (see docstring)
             self.bn_init_scale = config["bn_init_scale"]
             if self.bn_init_scale is None:
                 self.bn_init_scale = 1.0  # PyTorch's default γ
@@ -177,6 +180,7 @@ class CI2MG(GeneralRecommender):
                 delta_rank=self.ot_delta_rank,
                 differentiable=self.ot_differentiable,
                 seed=config["seed"] or 0,
+                refresh=self.ot_plan_refresh,
             )
         if self.use_task_guided:
             fused_dim = 2 * d if self.use_inter else d
@@ -194,10 +198,7 @@ class CI2MG(GeneralRecommender):
 
         # generate intermediate data: graphs of the training interactions only
         self.norm_adj_matrix = symmetric_norm_adj(self.interaction_matrix).to(self.device)
-        user_from_items, item_from_users, item_has_neighbours = row_norm_pair(self.interaction_matrix)
-        self.user_from_items = user_from_items.to(self.device)  # D_U^{-1} R, [N_U, N_V]
-        self.item_from_users = item_from_users.to(self.device)  # D_V^{-1} R^T, [N_V, N_U]
-        self.item_has_neighbours = item_has_neighbours.to(self.device)  # [N_V]
+        self.aggregation = MeanAggregation(self.interaction_matrix, self.device)  # Eq. 1
         for m, (features, seen) in enumerate(zip(raw_features, observed)):
             self.register_buffer(f"features_{m}", standardise(features, seen), persistent=False)  # [N_V, d_m]
             self.register_buffer(f"observed_{m}", seen.clone(), persistent=False)  # [N_V]
@@ -231,8 +232,12 @@ class CI2MG(GeneralRecommender):
     def modality_observed(self, m):
         return getattr(self, f"observed_{m}")
 
-    def forward(self):
+    def forward(self, graph=None):
         r"""All user and item representations, and the intermediate modality views.
+
+        Args:
+            graph: the Eq. 1 matrices to aggregate over (:meth:`MeanAggregation.without`);
+                default every training interaction.
 
         Returns:
             tuple: ``user_e`` ``[N_U, (M+1) d]``, ``item_e`` ``[N_V, (M+1) d]`` (Eq. 13) and a
@@ -247,9 +252,7 @@ class CI2MG(GeneralRecommender):
         user_views, item_views = [], []
         for m, projection in enumerate(self.projections):
             projected = projection(self.modality_features(m))  # [N_V, d]
-            user_view, item_view = mean_aggregate(
-                self.user_from_items, self.item_from_users, self.item_has_neighbours, projected
-            )  # Eq. 1, F^{U,m} [N_U, d] and F^{V,m} [N_V, d]
+            user_view, item_view = self.aggregation(projected, graph)  # Eq. 1, F^{U,m} [N_U, d], F^{V,m} [N_V, d]
             user_views.append(user_view)
             item_views.append(item_view)
 
@@ -308,7 +311,8 @@ class CI2MG(GeneralRecommender):
         pos_item = interaction[self.ITEM_ID]
         neg_item = interaction[self.NEG_ITEM_ID]
 
-        user_e, item_e, views = self.forward()
+        graph = self.aggregation.without(user, pos_item) if self.leave_batch_edges_out else None
+        user_e, item_e, views = self.forward(graph)
         u_embeddings = user_e[user]
         pos_scores = torch.mul(u_embeddings, item_e[pos_item]).sum(dim=1)
         neg_scores = torch.mul(u_embeddings, item_e[neg_item]).sum(dim=1)

@@ -21,13 +21,7 @@ from recbole.utils import InputType
 
 from recbole_ci2mg.data import require_modalities
 from recbole_ci2mg.model.layers.augment import info_nce
-from recbole_ci2mg.model.layers.graph import (
-    binary,
-    lightgcn_propagate,
-    mean_aggregate,
-    row_norm_pair,
-    symmetric_norm_adj,
-)
+from recbole_ci2mg.model.layers.graph import MeanAggregation, binary, lightgcn_propagate, symmetric_norm_adj
 
 STRUCTURE_CHUNK = 1024  # users scored at once when the modality graphs are regenerated
 
@@ -218,10 +212,7 @@ class MMSSL(GeneralRecommender):
 
         # generate intermediate data: graphs of the training interactions only
         self.norm_adj_matrix = symmetric_norm_adj(self.interaction_matrix).to(self.device)
-        user_from_items, item_from_users, item_has_neighbours = row_norm_pair(self.interaction_matrix)
-        self.user_from_items = user_from_items.to(self.device)  # D_U^{-1} R, [N_U, N_V]
-        self.item_from_users = item_from_users.to(self.device)  # D_V^{-1} R^T, [N_V, N_U]
-        self.item_has_neighbours = item_has_neighbours.to(self.device)  # [N_V]
+        self.aggregation = MeanAggregation(self.interaction_matrix, self.device)  # D_U^{-1} R and D_V^{-1} R^T
         for m, f in enumerate(features):
             self.register_buffer(f"features_{m}", f, persistent=False)  # [N_V, d_m]
         if n_columns < n_real_items:  # a fixed subset, the same for every model built from this config
@@ -259,9 +250,7 @@ class MMSSL(GeneralRecommender):
         for m, projection in enumerate(self.projections):
             item_f = projection(getattr(self, f"features_{m}"))
             item_f = F.dropout(item_f, self.feat_dropout, training=dropout and self.training)
-            user_f, item_f = mean_aggregate(
-                self.user_from_items, self.item_from_users, self.item_has_neighbours, item_f
-            )
+            user_f, item_f = self.aggregation(item_f)
             users.append(user_f)
             items.append(item_f)
         return users, items
@@ -284,8 +273,8 @@ class MMSSL(GeneralRecommender):
         r"""ID embeddings propagated over each modality graph: lists of ``[N_U, d]`` and ``[N_V, d]``."""
         user_id, item_id = self.user_embedding.weight, self.item_embedding.weight
         if not bool(self.structure_ready):
-            user_view = torch.sparse.mm(self.user_from_items, item_id)
-            item_view = torch.sparse.mm(self.item_from_users, user_id)
+            user_view = torch.sparse.mm(self.aggregation.user_from_items, item_id)
+            item_view = torch.sparse.mm(self.aggregation.item_from_users, user_id)
             return [user_view] * self.n_modalities, [item_view] * self.n_modalities
         user_views, item_views = [], []
         k = self.structure_items.shape[2]

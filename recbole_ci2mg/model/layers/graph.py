@@ -52,30 +52,64 @@ def symmetric_norm_adj(inter_matrix):
     return to_sparse_tensor(D @ A @ D)
 
 
-def row_norm_pair(inter_matrix):
-    r"""The two mean-aggregation matrices of CI²MG's Eq. 1: :math:`D_U^{-1} R` and :math:`D_V^{-1} R^T`.
+class MeanAggregation:
+    r"""CI²MG's Eq. 1 over the training interactions, able to leave a batch's target edges out.
 
-    Returns:
-        tuple: ``user_from_items`` ``[n_users, n_items]``, ``item_from_users``
-        ``[n_items, n_users]`` (torch sparse; an empty row stays empty) and
-        ``item_has_neighbours`` ``[n_items]`` bool.
+    Eq. 1 builds an item's modality view from the features of its users' items,
+    and a user's from the features of the user's items. For a *training* pair
+    (u, i) both sides therefore contain the pair itself: :math:`F^{U}_u` holds
+    i's own projected features, and :math:`F^{V}_i` holds :math:`F^{U}_u / \deg(i)`.
+    BPR can separate a training positive from a random negative through that
+    self-term alone, a shortcut that no valid or test pair has (their edge is
+    not in the graph). :meth:`without` gives the graph with the batch's positive
+    edges removed, so training sees the target edge exactly as evaluation does:
+    absent (the supervision/message-passing split of GNN link prediction).
+
+    Attributes:
+        user_from_items: :math:`D_U^{-1} R`, sparse ``[n_users, n_items]``.
+        item_from_users: :math:`D_V^{-1} R^T`, sparse ``[n_items, n_users]``.
+        item_has_neighbours: ``[n_items]`` bool.
     """
-    R = binary(inter_matrix).tocsr()
-    user_degree = np.asarray(R.sum(axis=1)).ravel()
-    item_degree = np.asarray(R.sum(axis=0)).ravel()
 
-    def inverse(degree):
-        out = np.zeros_like(degree)
-        out[degree > 0] = 1.0 / degree[degree > 0]
-        return sp.diags(out)
+    def __init__(self, inter_matrix, device):
+        R = binary(inter_matrix)
+        self.n_users, self.n_items = R.shape
+        users = torch.from_numpy(R.row.astype(np.int64)).to(device)
+        items = torch.from_numpy(R.col.astype(np.int64)).to(device)
+        self.edge_keys, order = torch.sort(users * self.n_items + items)  # one key per edge, for look-ups
+        self.users, self.items = users[order], items[order]
+        self.user_from_items, self.item_from_users, self.item_has_neighbours = self._normalised(self.users, self.items)
 
-    user_from_items = inverse(user_degree) @ R
-    item_from_users = inverse(item_degree) @ R.T.tocsr()
-    return (
-        to_sparse_tensor(user_from_items),
-        to_sparse_tensor(item_from_users),
-        torch.from_numpy(item_degree > 0),
-    )
+    def _normalised(self, users, items):
+        user_degree = torch.bincount(users, minlength=self.n_users).float()
+        item_degree = torch.bincount(items, minlength=self.n_items).float()
+        user_from_items = torch.sparse_coo_tensor(
+            torch.stack([users, items]), 1.0 / user_degree[users], (self.n_users, self.n_items), check_invariants=False
+        ).coalesce()
+        item_from_users = torch.sparse_coo_tensor(
+            torch.stack([items, users]), 1.0 / item_degree[items], (self.n_items, self.n_users), check_invariants=False
+        ).coalesce()
+        return user_from_items, item_from_users, item_degree > 0
+
+    def without(self, users, items):
+        r"""The three Eq. 1 matrices of the training graph less the edges ``(users[k], items[k])``.
+
+        Pairs that are not training edges are ignored.
+        """
+        keys = users * self.n_items + items
+        position = torch.searchsorted(self.edge_keys, keys).clamp(max=self.edge_keys.numel() - 1)
+        keep = torch.ones_like(self.edge_keys, dtype=torch.bool)
+        keep[position[self.edge_keys[position] == keys]] = False
+        return self._normalised(self.users[keep], self.items[keep])
+
+    def __call__(self, item_features, graph=None):
+        r"""Eq. 1 on ``item_features`` ``[n_items, d]`` over ``graph`` (default: every training edge).
+
+        Returns:
+            tuple: ``F^U`` ``[n_users, d]`` and ``F^V`` ``[n_items, d]``.
+        """
+        graph = graph or (self.user_from_items, self.item_from_users, self.item_has_neighbours)
+        return mean_aggregate(*graph, item_features)
 
 
 def lightgcn_propagate(norm_adj, embeddings, n_layers):

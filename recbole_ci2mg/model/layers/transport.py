@@ -23,6 +23,11 @@ Decisions where the paper is silent:
 - **Gradients.** The plan is computed without gradient by default;
   gradients reach the model through :math:`Q^{m'}` and :math:`\Delta T`.
   ``differentiable=True`` backpropagates through the Sinkhorn iterations.
+- **When the plan is solved** (``refresh``). The plan carries no gradient
+  (above), so it is a constant of each step: ``step`` solves it at every
+  training step, ``epoch`` once per training epoch from the :math:`Q` of the
+  epoch's first step, then reuses it (:math:`Q^{m'}` and ΔT in Eq. 9 stay
+  live). Evaluation solves once per pass.
 - **Symmetry.** :math:`T^{m'm} = (T^{mm'})^T` (the cost is transposed and the
   marginals are equal), so one problem is solved per unordered pair.
 - **ΔT** ("adjustable transport parameter", after OTKGE) is a registered,
@@ -39,8 +44,9 @@ Two solvers:
   ``N x N`` ΔT. Memory :math:`O(N^2)`: small catalogues only.
 - ``scalable`` (default): mini-batch OT (Fatras et al., "Learning with
   minibatch Wasserstein", AISTATS 2020). The items are split into random
-  blocks of about ``block_size`` (a fresh partition every training forward
-  pass, a fixed one in evaluation so predictions are deterministic) and one
+  blocks of about ``block_size`` (a fresh partition for every plan solved in
+  training; evaluation uses the partition last trained with, so predictions
+  are deterministic) and one
   OT problem per block is solved with POT's batched Sinkhorn
   (``ot.batch.solve_batch``) between the block's items in both modalities.
   The blocks' plans together form a block-diagonal plan that still has
@@ -85,13 +91,35 @@ def dense_plan(x, y, reg, max_iter, tol, scale=None):
     n = x.shape[0]
     scale = mean_squared_distance(x, y) if scale is None else scale
     cost = ot.dist(x, y, metric="sqeuclidean") / scale  # Eq. 6, [N, N]
+    cost = shift_to_zero_minima(cost)
     uniform = torch.full((n,), 1.0 / n, dtype=x.dtype, device=x.device)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "did not converge": rows are renormalised
-        plan = ot.sinkhorn(
-            uniform, uniform, cost, reg, method="sinkhorn_stabilized", numItermax=max_iter, stopThr=tol, warn=False
-        )
+        for method in ("sinkhorn_stabilized", "sinkhorn_log"):  # the log domain when the first overflows
+            plan = ot.sinkhorn(uniform, uniform, cost, reg, method=method, numItermax=max_iter, stopThr=tol, warn=False)
+            if torch.isfinite(plan).all():
+                break
+    check_finite(plan, reg)
     return plan * n
+
+
+def check_finite(plan, reg):
+    if not torch.isfinite(plan).all():
+        raise FloatingPointError(
+            f"Sinkhorn returned a non-finite transport plan at ot_reg = {reg}, also in the log domain. "
+            f"Raise ot_reg (properties/model/CI2MG.yaml) or check the model's inputs for NaN."
+        )
+
+
+def shift_to_zero_minima(cost):
+    r"""``cost`` ``[..., N, N']`` less its row minima, then its column minima.
+
+    Shifting rows and columns of the cost by constants leaves the plan
+    unchanged and gives every row and column of exp(-cost/reg) an entry 1, so
+    Sinkhorn cannot meet an all-zero row or column (a NaN plan).
+    """
+    cost = cost - cost.amin(dim=-1, keepdim=True)
+    return cost - cost.amin(dim=-2, keepdim=True)
 
 
 def block_plans(x, y, blocks, reg, max_iter, tol, scale, differentiable=False):
@@ -105,33 +133,29 @@ def block_plans(x, y, blocks, reg, max_iter, tol, scale, differentiable=False):
     Returns:
         ``[b, s, s]`` plans with all-ones marginals inside each block.
     """
-    cost = ot.batch.dist_batch(x[blocks], y[blocks]) / scale  # Eq. 6, [b, s, s]
-    # Shifting rows and columns of the cost by constants leaves the plan
-    # unchanged and gives every row and column of exp(-cost/reg) an entry 1,
-    # so the kernel Sinkhorn cannot meet an all-zero row or column.
-    cost = cost - cost.amin(dim=2, keepdim=True)
-    cost = cost - cost.amin(dim=1, keepdim=True)
+    cost = shift_to_zero_minima(ot.batch.dist_batch(x[blocks], y[blocks]) / scale)  # Eq. 6, [b, s, s]
     grad = "autodiff" if differentiable else "detach"
     plan = ot.batch.solve_batch(cost, reg, max_iter=max_iter, tol=tol, method="sinkhorn", grad=grad).plan
     if not torch.isfinite(plan).all():
         plan = ot.batch.solve_batch(cost, reg, max_iter=max_iter, tol=tol, method="log_sinkhorn", grad=grad).plan
+    check_finite(plan, reg)
     return plan * blocks.shape[1]
 
 
-def random_blocks(n, block_size, generator):
-    r"""A random partition of ``range(n)`` into ``ceil(n / block_size)`` blocks whose sizes differ by at most one.
+def blocks_of(order, block_size):
+    r"""The items in ``order`` ``[n]`` cut into ``ceil(n / block_size)`` consecutive blocks of near-equal size.
 
     Returns:
         list of ``[b, s]`` index tensors, one per block size (at most two).
     """
+    n = order.numel()
     n_blocks = max(1, math.ceil(n / block_size))
-    perm = torch.randperm(n, generator=generator)
     small, n_large = divmod(n, n_blocks)
     groups = []
     if n_large:
-        groups.append(perm[: n_large * (small + 1)].view(n_large, small + 1))
+        groups.append(order[: n_large * (small + 1)].view(n_large, small + 1))
     if n_blocks - n_large:
-        groups.append(perm[n_large * (small + 1) :].view(n_blocks - n_large, small))
+        groups.append(order[n_large * (small + 1) :].view(n_blocks - n_large, small))
     return groups
 
 
@@ -188,8 +212,13 @@ class InterModalityTransport(nn.Module):
         max_iter (int), tol (float): Sinkhorn stopping rule.
         block_size (int): items per mini-batch OT block (``scalable``).
         delta_rank (int): rank of ΔT (``scalable``).
-        differentiable (bool): backpropagate through Sinkhorn.
+        differentiable (bool): backpropagate through Sinkhorn (the plan is then solved every step).
         seed (int): seed of the block partitions.
+        refresh (str): ``step`` solves the plans at every training forward pass, with a fresh
+            block partition each time; ``epoch`` solves them once per training epoch (a fresh
+            partition at each ``train()``) and reuses them for the epoch's steps. Either way an
+            evaluation pass solves them once, on the current :math:`Q`, inside the partition
+            the model last trained with (a buffer, so a checkpoint restores it).
 
     Shapes: ``forward`` takes M tensors ``[N, d]`` (the :math:`Q^m`) and
     returns M tensors ``[N, d]`` (the :math:`\hat{Q}^m`).
@@ -197,8 +226,21 @@ class InterModalityTransport(nn.Module):
 
     SOLVERS = ("dense", "scalable")
 
+    REFRESH = ("step", "epoch")
+
     def __init__(
-        self, n_items, n_modalities, solver, reg, max_iter, tol, block_size, delta_rank, differentiable=False, seed=0
+        self,
+        n_items,
+        n_modalities,
+        solver,
+        reg,
+        max_iter,
+        tol,
+        block_size,
+        delta_rank,
+        differentiable=False,
+        seed=0,
+        refresh="step",
     ):
         super().__init__()
         if solver not in self.SOLVERS:
@@ -207,10 +249,17 @@ class InterModalityTransport(nn.Module):
             raise ValueError("Inter-modality transport needs at least two modalities.")
         if reg <= 0:
             raise ValueError(f"ot_reg must be > 0, got {reg}")
+        if refresh not in self.REFRESH:
+            raise ValueError(f"ot_plan_refresh must be one of {self.REFRESH}, got {refresh!r}")
         self.n_items, self.n_modalities, self.solver = n_items, n_modalities, solver
         self.reg, self.max_iter, self.tol = reg, max_iter, tol
         self.block_size, self.differentiable, self.seed = block_size, differentiable, seed
+        self.refresh = refresh
         self.generator = torch.Generator().manual_seed(seed)
+        # the block partition, as one item order cut into blocks; kept in checkpoints so that a
+        # reloaded model evaluates inside the partition it was validated with
+        self.register_buffer("block_order", torch.randperm(n_items, generator=torch.Generator().manual_seed(seed)))
+        self._plans = None  # per unordered pair (m, m'): the maps of T and T^T, until the next refresh
         self.deltas = nn.ModuleDict()
         for m in range(n_modalities):
             for m2 in range(n_modalities):
@@ -226,20 +275,40 @@ class InterModalityTransport(nn.Module):
         """The :math:`\\Delta T^{mm'}` module."""
         return self.deltas[self.pair_key(m, m2)]
 
+    def train(self, mode=True):
+        # a new training epoch (or an evaluation pass) solves its own plans
+        self._plans = None
+        if mode and self.refresh == "epoch":
+            self._draw_partition()
+        return super().train(mode)
+
+    def _draw_partition(self):
+        self.block_order.copy_(torch.randperm(self.n_items, generator=self.generator))
+
     def forward(self, Qs):
+        solve_now = self._plans is None or self.differentiable or (self.training and self.refresh == "step")
+        if solve_now:
+            if self.training and self.refresh == "step":
+                self._draw_partition()
+            self._plans = self.solve(Qs)
         projections = [[] for _ in Qs]
-        groups = None if self.solver == "dense" else [blocks.to(Qs[0].device) for blocks in self.partition()]
-        for m in range(len(Qs)):
-            for m2 in range(m + 1, len(Qs)):
-                forward_sum, backward_sum = self.transport(Qs[m], Qs[m2], groups)
-                projections[m].append(self.project(forward_sum, self.delta(m, m2), Qs[m2]))
-                projections[m2].append(self.project(backward_sum, self.delta(m2, m), Qs[m]))
+        for (m, m2), (forward_sum, backward_sum) in self._plans.items():
+            projections[m].append(self.project(forward_sum, self.delta(m, m2), Qs[m2]))
+            projections[m2].append(self.project(backward_sum, self.delta(m2, m), Qs[m]))
         return [torch.stack(views).mean(dim=0) for views in projections]  # Eq. 9, 1/(M-1) Σ_{m'≠m}
 
+    def solve(self, Qs):
+        """The plans of every unordered pair of modalities (Eq. 6-8), as maps ``values -> (T values, T 1)``."""
+        groups = None if self.solver == "dense" else self.partition()
+        return {
+            (m, m2): self.transport(Qs[m], Qs[m2], groups)
+            for m in range(len(Qs))
+            for m2 in range(m + 1, len(Qs))
+        }
+
     def partition(self):
-        """Mini-batch OT blocks: fresh in training, the same ones in every evaluation pass."""
-        generator = self.generator if self.training else torch.Generator().manual_seed(self.seed)
-        return random_blocks(self.n_items, self.block_size, generator)
+        """The current mini-batch OT blocks (see ``refresh``)."""
+        return blocks_of(self.block_order, self.block_size)
 
     def transport(self, x, y, groups):
         r"""The plan between ``x`` and ``y`` as two maps: ``values -> (T values, T 1)`` and the same for :math:`T^T`."""

@@ -1,0 +1,112 @@
+r"""The results file of a comparison: one JSON line per finished run, per-user scores beside it.
+
+A record holds what a run was (``dataset``, ``model``, ``seed``,
+``missing_rate``, ``overrides``: the config settings that change what it
+computes, ``config_files``) and what it gave (``test`` and ``valid`` metrics,
+``best_epoch``, ``epochs_trained``, ``train_epoch_seconds``, ``wall_seconds``,
+``machine``, ``saved_model_file``). Its per-user test scores are in a sidecar
+``<results stem>.per_user/<run>.npz`` named by ``per_user_file`` (relative to
+the results file's folder); records written before per-user scores existed
+have none, and the tables say so.
+"""
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+
+REQUIRED_FIELDS = ("dataset", "model", "seed", "missing_rate", "test")
+
+
+def record_key(record):
+    r"""What identifies a run: dataset, model, seed, missing rate, overrides and config files.
+
+    Works on a planned run and on a record alike. Records written before
+    ``config_files`` was recorded count as run without any.
+    """
+    return json.dumps(
+        [
+            record["dataset"],
+            record["model"],
+            int(record["seed"]),
+            float(record["missing_rate"]),
+            record.get("overrides") or {},
+            list(record.get("config_files") or []),
+        ],
+        sort_keys=True,
+    )
+
+
+def read_records(path):
+    r"""The records of the results file ``path``, in file order; [] when it does not exist yet."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    records = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise ValueError(
+                f"{path}, line {number}, is not a JSON record ({error.msg}). Delete that line "
+                f"(a run cut off while writing it); the run will be trained again."
+            ) from None
+        missing = [field for field in REQUIRED_FIELDS if field not in record]
+        if missing:
+            raise ValueError(
+                f"{path}, line {number}, lacks the field(s) {', '.join(missing)} every record "
+                f"needs ({', '.join(REQUIRED_FIELDS)}); it was not written by recbole_ci2mg.compare."
+            )
+        records.append(record)
+    return records
+
+
+def append_record(path, record):
+    r"""Add one record to the results file, as soon as its run is done."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def per_user_folder(results):
+    """``runs.jsonl`` -> ``runs.per_user/``."""
+    results = Path(results)
+    return results.with_name(results.stem + ".per_user")
+
+
+def save_per_user(results, record, per_user):
+    r"""Write a run's per-user scores beside the results file; returns the name to record.
+
+    ``per_user``: ``{"user_id": raw tokens, "<metric>@<k>": values}``, as
+    :class:`recbole_ci2mg.trainer.PerUserScoresMixin` keeps them. The file is
+    named by the run's key, so a rerun of the same run replaces it.
+    """
+    folder = per_user_folder(results)
+    folder.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha1(record_key(record).encode()).hexdigest()[:10]
+    name = f"{record['model']}-seed{record['seed']}-rate{record['missing_rate']}-{digest}.npz"
+    np.savez_compressed(folder / name, **per_user)
+    return f"{folder.name}/{name}"
+
+
+def load_per_user(record, results):
+    r"""A record's per-user scores as arrays, or None when it has none.
+
+    Raises:
+        FileNotFoundError: the record names a per-user file that is gone.
+    """
+    if not record.get("per_user_file"):
+        return None
+    path = Path(results).parent / record["per_user_file"]
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path}, the per-user scores of {record['model']} (seed {record['seed']}, missing rate "
+            f"{record['missing_rate']}) in {results}, is missing. Restore it, or delete that record "
+            f"from {results} to train the run again."
+        )
+    with np.load(path, allow_pickle=False) as arrays:
+        return {name: arrays[name] for name in arrays.files}

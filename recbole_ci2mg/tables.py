@@ -1,0 +1,335 @@
+r"""Comparison tables and the missing-rate plot, built from a results file's records.
+
+One row per (dataset, missing rate, model, overrides, config files), its
+seeds pooled: test metrics as mean ± sample standard deviation over seeds,
+seconds per training epoch, best epochs, and a two-sided Wilcoxon
+signed-rank test of the section's first row against the row on per-user test
+Recall@20. Written as Markdown (best mean of each column in bold), CSV
+(fractions, not %, one column per statistic), LaTeX, and, when a dataset has
+several missing rates, a PNG of test Recall@20 against the rate (the paper's
+Figure 3).
+"""
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+from scipy.stats import wilcoxon
+
+from recbole_ci2mg.results import load_per_user, record_key
+
+METRICS = ("recall@20", "ndcg@20", "precision@20")
+METRIC_NAMES = {"recall@20": "Recall@20", "ndcg@20": "NDCG@20", "precision@20": "Precision@20"}
+TEST_METRIC = "recall@20"  # the per-user score of the Wilcoxon test
+
+
+def paired_wilcoxon(reference, other):
+    r"""Two-sided Wilcoxon signed-rank test of two ``{user: score}`` maps over their common users.
+
+    ``scipy.stats.wilcoxon`` with its defaults: users whose two scores are
+    equal are dropped (``zero_method="wilcox"``), and large samples use the
+    normal approximation.
+
+    Returns:
+        tuple: ``(p, n_users)``; ``p`` is None when there is nothing to test
+        (no common user, or every difference zero).
+    """
+    users = sorted(set(reference) & set(other))
+    x = np.array([reference[user] for user in users])
+    y = np.array([other[user] for user in users])
+    if not users or np.all(x == y):
+        return None, len(users)
+    return float(wilcoxon(x, y, alternative="two-sided").pvalue), len(users)
+
+
+def pooled_scores(per_user_runs, metric=TEST_METRIC):
+    r"""``{user: mean over runs of the user's metric}``, over the users every run has.
+
+    Args:
+        per_user_runs (list): one ``{"user_id": ..., metric: ...}`` per seed.
+    """
+    by_run = [dict(zip(run["user_id"].tolist(), run[metric].tolist())) for run in per_user_runs]
+    users = set.intersection(*(set(scores) for scores in by_run))
+    return {user: float(np.mean([scores[user] for scores in by_run])) for user in users}
+
+
+def summarise(records, results=None):
+    r"""Table rows from records, in the order their first record appears.
+
+    Args:
+        records (list): records of :mod:`recbole_ci2mg.results`.
+        results (str or Path): the results file, whose folder holds the
+            per-user files the records name.
+
+    Returns:
+        list: one dict per row with ``dataset``, ``missing_rate``, ``model``,
+        ``overrides``, ``label``, ``seeds``, ``mean`` and ``std`` (metric ->
+        value), ``best`` (metrics whose best mean in the section this is),
+        ``seconds``, ``best_epochs``, ``scores`` (seed-averaged per-user
+        test Recall@20, or None), ``common`` (the overrides every row of the
+        dataset shares, left out of the labels), ``reference`` (the section's
+        first row's label), ``p`` and ``n_users`` (Wilcoxon test against it;
+        p is None where untestable) and ``test_status`` ("reference",
+        "tested", "no per-user scores" or "no difference"). A section is one
+        dataset at one missing rate.
+    """
+    # The latest record of a run wins if a file holds it twice.
+    latest = {record_key(record): record for record in records}
+    groups = {}
+    for record in latest.values():
+        row_key = (
+            record["dataset"],
+            float(record["missing_rate"]),
+            record["model"],
+            json.dumps(record.get("overrides") or {}, sort_keys=True),
+            json.dumps(list(record.get("config_files") or [])),
+        )
+        groups.setdefault(row_key, []).append(record)
+
+    rows = [_row(group, results) for group in groups.values()]
+    _label(rows)
+    for section in _sections(rows).values():
+        _mark_best(section)
+        _test_against_first(section)
+    return rows
+
+
+def _row(group, results):
+    first = group[0]
+    per_user = [load_per_user(record, results) for record in group] if results else [None]
+    seconds = [r["train_epoch_seconds"] for r in group if r.get("train_epoch_seconds") is not None]
+    values = {metric: [r["test"][metric] for r in group if metric in r["test"]] for metric in METRICS}
+    return {
+        "dataset": first["dataset"],
+        "missing_rate": float(first["missing_rate"]),
+        "model": first["model"],
+        "overrides": first.get("overrides") or {},
+        "config_files": list(first.get("config_files") or []),
+        "seeds": [r["seed"] for r in group],
+        "mean": {m: float(np.mean(v)) if v else None for m, v in values.items()},
+        # Sample standard deviation; undefined for a single seed.
+        "std": {m: float(np.std(v, ddof=1)) if len(v) > 1 else None for m, v in values.items()},
+        "seconds": float(np.mean(seconds)) if seconds else None,
+        "best_epochs": [r.get("best_epoch") for r in group],
+        "scores": pooled_scores(per_user) if all(p is not None for p in per_user) else None,
+    }
+
+
+def _label(rows):
+    r"""Label each row by its model and the overrides that tell it apart from its dataset's other rows.
+
+    Overrides every row of a dataset shares are in the footnote instead
+    (``common``). Booleans read ``+name`` (on) or ``-name`` (off), so
+    ablation rows are labelled by their switches.
+    """
+    for dataset_rows in _by(rows, "dataset").values():
+        shared = dict(dataset_rows[0]["overrides"])
+        for row in dataset_rows[1:]:
+            shared = {k: v for k, v in shared.items() if k in row["overrides"] and row["overrides"][k] == v}
+        for row in dataset_rows:
+            parts = [
+                (f"+{key}" if value else f"-{key}") if isinstance(value, bool) else f"{key}={value}"
+                for key, value in row["overrides"].items()
+                if key not in shared
+            ]
+            if row["config_files"] and any(r["config_files"] != row["config_files"] for r in dataset_rows):
+                parts.append("config " + " ".join(row["config_files"]))
+            row["label"] = " ".join([row["model"], *parts])
+            row["common"] = shared
+
+
+def _by(rows, *fields):
+    groups = {}
+    for row in rows:
+        groups.setdefault(tuple(row[field] for field in fields), []).append(row)
+    return groups
+
+
+def _sections(rows):
+    """Rows compared with each other: one dataset at one missing rate."""
+    return _by(rows, "dataset", "missing_rate")
+
+
+def _mark_best(section):
+    for row in section:
+        row["best"] = set()
+    for metric in METRICS:
+        means = [row["mean"][metric] for row in section if row["mean"][metric] is not None]
+        if not means:
+            continue
+        for row in section:
+            if row["mean"][metric] is not None and np.isclose(row["mean"][metric], max(means)):
+                row["best"].add(metric)
+
+
+def _test_against_first(section):
+    reference = section[0]
+    for row in section:
+        row["reference"] = reference["label"]
+        row["p"], row["n_users"] = None, None
+        if row is reference:
+            row["test_status"] = "reference"
+        elif reference["scores"] is None or row["scores"] is None:
+            row["test_status"] = "no per-user scores"
+        else:
+            row["p"], row["n_users"] = paired_wilcoxon(reference["scores"], row["scores"])
+            row["test_status"] = "tested" if row["p"] is not None else "no difference"
+
+
+def _metric_cell(row, metric, bold):
+    mean, std = row["mean"][metric], row["std"][metric]
+    if mean is None:
+        return "n/a"
+    text = f"{100 * mean:.2f}" if std is None else f"{100 * mean:.2f} ± {100 * std:.2f}"
+    return bold(text) if metric in row["best"] else text
+
+
+def _p_cell(row):
+    return {
+        "reference": "—",
+        "no per-user scores": "n/a",
+        "no difference": "n/a (equal)",
+    }.get(row["test_status"]) or f"{row['p']:.2g}"
+
+
+def _cells(row, bold):
+    """The cells of a row as the Markdown and LaTeX tables show them."""
+    return [
+        f"{row['missing_rate']:g}",
+        row["label"],
+        ", ".join(map(str, row["seeds"])),
+        *(_metric_cell(row, metric, bold) for metric in METRICS),
+        f"{row['seconds']:.2f}" if row["seconds"] is not None else "n/a",
+        ", ".join("n/a" if e is None else str(e) for e in row["best_epochs"]),
+        _p_cell(row),
+    ]
+
+
+HEADER = ["missing", "model", "seeds", *(f"{METRIC_NAMES[m]} (%)" for m in METRICS),
+          "s / train epoch", "best epoch", "Wilcoxon p"]
+
+
+def footnote(rows):
+    r"""What the table's numbers are, and exactly what the Wilcoxon column tested."""
+    references = sorted({row["reference"] for row in rows})
+    users = sorted({row["n_users"] for row in rows if row["n_users"]})
+    tested_users = f" ({' / '.join(map(str, users))} users)" if users else ""
+    common = {k: v for row in rows for k, v in row["common"].items()}
+    lines = [
+        "Test metrics in %, mean ± sample standard deviation over the seeds listed (one seed: its "
+        "value); bold: the best mean of the column at that missing rate. s / train epoch: mean over "
+        "seeds of the mean training-epoch time (evaluation excluded). best epoch: the epoch whose "
+        "validation Recall@20 was kept, per seed, counted from 0.",
+        f"Wilcoxon p: two-sided Wilcoxon signed-rank test (scipy.stats.wilcoxon, zero differences "
+        f"dropped) of the per-user test Recall@20 of the first row at the same missing rate "
+        f"({', '.join(references)}) against this row's, paired by user over the test users both "
+        f"have{tested_users}; each row's per-user score is the mean over "
+        f"its seeds of that user's Recall@20. —: the reference row; n/a: per-user scores not "
+        f"recorded for this row or the reference; n/a (equal): every user's score is the same.",
+    ]
+    if common:
+        lines.append("All rows: " + ", ".join(f"{k}={v}" for k, v in common.items()) + ".")
+    return lines
+
+
+def markdown(rows):
+    r"""The rows as Markdown, one table per dataset, with the footnote."""
+    out = []
+    for (dataset,), dataset_rows in _by(rows, "dataset").items():
+        out += [f"### {dataset}", "", "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+        out += ["| " + " | ".join(_cells(row, lambda text: f"**{text}**")) + " |" for row in dataset_rows]
+        out += [""] + footnote(dataset_rows) + [""]
+    return "\n".join(out)
+
+
+def latex(rows):
+    r"""The rows as LaTeX ``tabular`` environments (booktabs rules), best means in bold."""
+    def escape(text):
+        return text.replace("_", r"\_").replace("%", r"\%").replace("±", r"$\pm$").replace("—", "--")
+
+    out = []
+    for (dataset,), dataset_rows in _by(rows, "dataset").items():
+        out += [f"% {dataset}", r"\begin{tabular}{rl" + "l" * (len(HEADER) - 2) + "}", r"\toprule"]
+        out.append(" & ".join(escape(h) for h in HEADER) + r" \\")
+        out.append(r"\midrule")
+        for row in dataset_rows:
+            cells = _cells(row, lambda text: f"BOLD{{{text}}}")
+            out.append(" & ".join(escape(c).replace("BOLD{", r"\textbf{") for c in cells) + r" \\")
+        out += [r"\bottomrule", r"\end{tabular}", ""]
+    return "\n".join(out)
+
+
+def write_csv(rows, path):
+    r"""The rows as CSV: metric fractions (RecBole's scale), one column per statistic."""
+    fields = ["dataset", "missing_rate", "model", "label", "overrides", "seeds"]
+    fields += [f"{m}_{stat}" for m in METRICS for stat in ("mean", "std")]
+    fields += ["best", "train_epoch_seconds", "best_epochs", "wilcoxon_reference", "wilcoxon_p",
+               "wilcoxon_users", "wilcoxon_status"]
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fields)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({
+                "dataset": row["dataset"],
+                "missing_rate": row["missing_rate"],
+                "model": row["model"],
+                "label": row["label"],
+                "overrides": json.dumps(row["overrides"], sort_keys=True),
+                "seeds": ";".join(map(str, row["seeds"])),
+                **{f"{m}_{stat}": row[stat][m] for m in METRICS for stat in ("mean", "std")},
+                "best": ";".join(m for m in METRICS if m in row["best"]),
+                "train_epoch_seconds": row["seconds"],
+                "best_epochs": ";".join(map(str, row["best_epochs"])),
+                "wilcoxon_reference": row["reference"],
+                "wilcoxon_p": row["p"],
+                "wilcoxon_users": row["n_users"],
+                "wilcoxon_status": row["test_status"],
+            })
+
+
+def plot_missing_rates(rows, path):
+    r"""Test Recall@20 (mean over seeds, std as error bars) against the missing rate, one line per row label.
+
+    One panel per dataset; written with matplotlib's Agg canvas, so no
+    display is needed and the caller's pyplot backend is left alone.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    datasets = _by(rows, "dataset")
+    figure = Figure(figsize=(5.5 * len(datasets), 4), layout="constrained")
+    FigureCanvasAgg(figure)
+    for axes, ((dataset,), dataset_rows) in zip(np.atleast_1d(figure.subplots(1, len(datasets))), datasets.items()):
+        for (label,), line in _by(dataset_rows, "label").items():
+            line = sorted(line, key=lambda row: row["missing_rate"])
+            axes.errorbar(
+                [row["missing_rate"] for row in line],
+                [100 * row["mean"][TEST_METRIC] for row in line],
+                yerr=[100 * (row["std"][TEST_METRIC] or 0.0) for row in line],
+                marker="o", capsize=3, label=label,
+            )
+        axes.set(title=dataset, xlabel="missing rate", ylabel="test Recall@20 (%)")
+        axes.grid(alpha=0.3)
+        axes.legend(fontsize="small")
+    figure.savefig(path, dpi=150)
+
+
+def write_tables(records, prefix, results=None):
+    r"""Write ``prefix.md``, ``prefix.csv``, ``prefix.tex`` and, for a missing-rate sweep, ``prefix.png``.
+
+    Returns:
+        tuple: ``(markdown text, list of written paths)``.
+    """
+    rows = summarise(records, results)
+    prefix = Path(prefix)
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    text = markdown(rows)
+    paths = [prefix.with_name(prefix.name + ext) for ext in (".md", ".csv", ".tex")]
+    paths[0].write_text(text)
+    write_csv(rows, paths[1])
+    paths[2].write_text(latex(rows))
+    if any(len({row["missing_rate"] for row in dataset_rows}) > 1 for dataset_rows in _by(rows, "dataset").values()):
+        paths.append(prefix.with_name(prefix.name + ".png"))
+        plot_missing_rates(rows, paths[-1])
+    return text, paths
