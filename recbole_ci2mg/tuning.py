@@ -33,6 +33,7 @@ from pathlib import Path
 from recbole.trainer import HyperTuning
 from recbole.utils.utils import dict2str
 
+from recbole_ci2mg.compare import config_value
 from recbole_ci2mg.compat import best_trial
 from recbole_ci2mg.quick_start import PROPERTIES_DIR, build_config, objective_function
 
@@ -414,14 +415,6 @@ def format_best(summary):
 # -- sensitivity (paper Figure 4) ---------------------------------------------------------
 
 
-def parse_value(text):
-    """A command-line value as RecBole reads it: a Python literal when it is one, else the string."""
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return text
-
-
 def parse_sweep(text):
     r"""``"n_prototypes:16,32,64"`` -> ``("n_prototypes", [16, 32, 64])``."""
     key, sep, values = text.partition(":")
@@ -429,7 +422,7 @@ def parse_sweep(text):
     values = [part.strip() for part in values.split(",") if part.strip()]
     if not sep or not key or not values:
         raise ValueError(f"--sensitivity={text!r}: expected KEY:V1,V2,..., e.g. n_prototypes:16,32,64,128,256.")
-    return key, [parse_value(value) for value in values]
+    return key, [config_value(value) for value in values]
 
 
 def sensitivity(
