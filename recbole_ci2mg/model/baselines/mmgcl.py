@@ -55,7 +55,9 @@ class MMGCL(GeneralRecommender):
       since they cost nothing to draw.
     - **Defaults.** No official code exists and the paper's text was not at hand when
       this file was written: the values in ``properties/model/MMGCL.yaml`` (with their
-      grid) follow its SLMRec/SGL lineage and could not be checked against the paper.
+      grid) follow its SLMRec/SGL lineage and could not be checked against the paper,
+      except ``ssl_weight`` (0.01), chosen on TikTok's validation set because at 0.1
+      the contrastive loss kept BPR from learning (the YAML gives the numbers).
     """
 
     input_type = InputType.PAIRWISE
