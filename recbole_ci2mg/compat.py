@@ -257,6 +257,21 @@ def patch_distributed():
     recbole_trainer.AbstractTrainer.__init__ = _trainer_init
 
 
+def make_output_dirs(config):
+    r"""Create the directories RecBole writes a run's log and checkpoints into.
+
+    RecBole 1.2.1 creates ``./log``, ``./log/<model>`` (``init_logger``) and
+    ``checkpoint_dir`` (``Trainer.__init__``, ``Dataset.save``) with
+    ``ensure_dir``, which tests ``os.path.exists`` and then calls
+    ``os.makedirs`` without ``exist_ok``. In multi-process mode every rank does
+    this at the same moment, and a rank that loses the race between the test
+    and the creation dies with ``FileExistsError``. Created here first, with
+    ``exist_ok``, they already exist when RecBole looks.
+    """
+    for directory in (os.path.join("log", config["model"]), config["checkpoint_dir"]):
+        os.makedirs(directory, exist_ok=True)
+
+
 def _rank_uses_cuda(settings):
     """RecBole's own rule for the device, applied to a rank: a GPU id is set and CUDA is there."""
     gpu_id = settings["gpu_id"]

@@ -20,7 +20,7 @@ from recbole.data import data_preparation
 from recbole.data.transform import construct_transform
 from recbole.utils import ModelType, get_environment, get_flops, init_logger, init_seed, set_color
 
-from recbole_ci2mg.compat import load_checkpoint, patch_distributed, register_dataset_arguments
+from recbole_ci2mg.compat import load_checkpoint, make_output_dirs, patch_distributed, register_dataset_arguments
 from recbole_ci2mg.data import MultimodalDataset
 from recbole_ci2mg.registry import get_model
 from recbole_ci2mg.trainer import get_trainer
@@ -86,6 +86,7 @@ def run_recbole(model=None, dataset=None, config_file_list=None, config_dict=Non
     """
     config = build_config(model, dataset, config_file_list, config_dict)
     init_seed(config["seed"], config["reproducibility"])
+    make_output_dirs(config)
     init_logger(config)
     logger = getLogger()
     logger.info(sys.argv)

@@ -1,9 +1,12 @@
 """RecBole's multi-process (DistributedDataParallel) mode on CPU, through gloo."""
 
+import os
 import socket
 
 import pytest
 import torch
+from recbole.trainer import trainer as recbole_trainer
+from recbole.utils import logger as recbole_logger
 
 from recbole_ci2mg.quick_start import load_data_and_model, run_recbole, run_recbole_distributed
 from recbole_ci2mg.trainer import get_trainer
@@ -71,6 +74,28 @@ def test_two_cpu_processes_train_ci2mg(tiny):
 
     assert two["model"] == "CI2MG" and two["epochs_trained"] == 2
     assert_close(evaluate_in_one_process(two["saved_model_file"]), two["test_result"], ROUNDING)
+
+
+def test_ranks_do_not_race_to_create_output_dirs(tiny, monkeypatch):
+    r"""Every rank may create ``log/`` and ``saved/`` at the same moment.
+
+    RecBole's ``ensure_dir`` tests for a directory, then creates it without
+    ``exist_ok``; a rank whose sibling creates it in between dies with
+    ``FileExistsError`` (CI saw it once in the CI2MG test above). Here every
+    such check loses the race, deterministically: the run must still go
+    through, because the directories already exist when RecBole looks.
+    """
+
+    def ensure_dir_losing_the_race(dir_path):
+        if not os.path.exists(dir_path):
+            os.makedirs(dir_path)  # the other rank, between the test and the creation
+            raise FileExistsError(f"[Errno 17] File exists: {dir_path!r}")
+
+    monkeypatch.setattr(recbole_trainer, "ensure_dir", ensure_dir_losing_the_race)
+    monkeypatch.setattr(recbole_logger, "ensure_dir", ensure_dir_losing_the_race)
+    result = run_recbole("LightGCN", "tiny", config_dict={**tiny, "epochs": 1})
+
+    assert result["epochs_trained"] == 1 and os.path.isfile(result["saved_model_file"])
 
 
 def test_distributed_arguments_are_checked():
