@@ -83,12 +83,20 @@ def save_per_user(results, record, per_user):
 
     ``per_user``: ``{"user_id": raw tokens, "<metric>@<k>": values}``, as
     :class:`recbole_ci2mg.trainer.PerUserScoresMixin` keeps them. The file is
-    named by the run's key, so a rerun of the same run replaces it.
+    named by the run's key, so a rerun of a run whose record was deleted
+    replaces it. A file that a record of the results file still names is never
+    replaced: that record's key was edited after it ran (a setting written
+    into ``overrides`` when a default changed), and the run now being saved
+    has that record's old key; it gets a name of its own instead.
     """
     folder = per_user_folder(results)
     folder.mkdir(parents=True, exist_ok=True)
     digest = hashlib.sha1(record_key(record).encode()).hexdigest()[:10]
-    name = f"{record['model']}-seed{record['seed']}-rate{record['missing_rate']}-{digest}.npz"
+    stem = f"{record['model']}-seed{record['seed']}-rate{record['missing_rate']}-{digest}"
+    taken = {other.get("per_user_file") for other in read_records(results)}
+    name, attempt = f"{stem}.npz", 1
+    while f"{folder.name}/{name}" in taken:
+        name, attempt = f"{stem}-{attempt}.npz", attempt + 1
     np.savez_compressed(folder / name, **per_user)
     return f"{folder.name}/{name}"
 

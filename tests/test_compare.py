@@ -19,7 +19,7 @@ from recbole_ci2mg import compare
 from recbole_ci2mg.model.ci2mg import SWITCHES
 from recbole_ci2mg.quick_start import build_config, create_dataset
 from recbole_ci2mg.trainer import get_trainer
-from recbole_ci2mg.results import load_per_user, read_records, record_key, save_per_user
+from recbole_ci2mg.results import append_record, load_per_user, read_records, record_key, save_per_user
 from recbole_ci2mg.tables import markdown, paired_wilcoxon, pooled_scores, summarise
 
 SWEEP_ARGS = ["--model=BPR,LightGCN-M", "--dataset=tiny", "--seeds=2020,2021", "--missing_rates=0,0.5",
@@ -202,6 +202,26 @@ def test_table_shows_mean_std_best_and_what_lacks_per_user_scores(tmp_path):
     assert "| **40.00 ± 14.14** | 10.00 ± 0.00 | **4.00 ± 1.41** |" in b_row
     assert b_row.endswith(f"| {rows[1]['p']:.2g} |") and rows[1]["p"] < 0.01
     assert "| 0.3 | C | 1 | 1.00 | 1.00 | 0.10 | 2.00 | 1 | n/a |" in lines
+
+
+def test_a_relabelled_record_keeps_its_per_user_scores(tmp_path):
+    # A default changed, so an old record got the old setting written into its
+    # overrides; a new run at the new default then has the old record's former
+    # key, and must not overwrite the per-user file that record still names.
+    results = tmp_path / "runs.jsonl"
+    users = np.array([str(u) for u in range(5)])
+    old = fake_record("A", 1, 0.10, 0.30)
+    old["per_user_file"] = save_per_user(results, old, {"user_id": users, "recall@20": np.zeros(5)})
+    old["overrides"] = {"reg_weight": 1e-7}
+    append_record(results, old)
+
+    new = fake_record("A", 1, 0.20, 0.30)
+    new["per_user_file"] = save_per_user(results, new, {"user_id": users, "recall@20": np.ones(5)})
+    append_record(results, new)
+
+    assert new["per_user_file"] != old["per_user_file"]
+    old_scores, new_scores = (load_per_user(record, results) for record in read_records(results))
+    assert old_scores["recall@20"].tolist() == [0.0] * 5 and new_scores["recall@20"].tolist() == [1.0] * 5
 
 
 def test_published_records_without_per_user_scores_still_tabulate():
