@@ -122,6 +122,24 @@ def test_mmssl_generated_graphs_travel_with_the_state_dict(tiny):
         torch.testing.assert_close(reloaded.full_sort_predict(users), model.full_sort_predict(users))
 
 
+def test_mmssl_keeps_the_real_graph_without_structure_refresh(tiny):
+    model, train = prepare("MMSSL", tiny, structure_refresh=False)
+    for batch in list(train)[:2]:  # two epochs: the second would generate the modality graphs
+        model.train()
+        train_step(model, batch)
+    assert not bool(model.structure_ready)
+    user_views, item_views = model.structure_views()
+    expected = torch.sparse.mm(model.aggregation.user_from_items, model.item_embedding.weight)
+    for view in user_views:
+        torch.testing.assert_close(view, expected)
+
+    refreshed, _ = prepare("MMSSL", tiny)
+    for batch in list(train)[:2]:
+        refreshed.train()
+        train_step(refreshed, batch)
+    assert bool(refreshed.structure_ready)
+
+
 @pytest.mark.parametrize("name", MODELS)
 @pytest.mark.parametrize(
     "case",

@@ -147,6 +147,10 @@ class MMSSL(GeneralRecommender):
       from the second on, in chunks of users (memory :math:`O(\text{chunk} \cdot N_V)`); the
       first epoch uses the real graph, as the reference code starts from it. The top-k
       lists are a persistent buffer, so a checkpoint restores the graph of its epoch.
+      ``structure_refresh: False`` keeps the real graph throughout (a diagnostic: the
+      released code, at its defaults ``T`` 1 and ``m_topk_rate`` 1e-4, rebuilds the
+      modality graphs after every batch from an index list that stays empty, so from its
+      second or third batch on they hold no edges; this implementation follows the paper).
     - **Fusion.** :math:`\bar e^m_u = \hat A^m E_I`, :math:`\bar e^m_i = \hat A^{mT} E_U`;
       :class:`ModalityAttention` fuses them; the ID embeddings get ``id_cat_rate`` times the
       L2-normalised fusion, are propagated by LightGCN on the real graph (``n_layers``; the
@@ -182,6 +186,7 @@ class MMSSL(GeneralRecommender):
         self.cl_weight = config["cl_weight"]
         self.cl_temperature = config["cl_temperature"]
         self.structure_topk = config["structure_topk"]
+        self.structure_refresh = config["structure_refresh"] is not False  # unset: True, the paper
         self.g_weight = config["g_weight"]
         self.d_learning_rate = config["d_learning_rate"]
         self.gp_weight = config["gp_weight"]
@@ -237,7 +242,7 @@ class MMSSL(GeneralRecommender):
         # clear the storage variables; from the second epoch on, regenerate the modality graphs
         if mode:
             self.restore_user_e, self.restore_item_e = None, None
-            if self._epochs_started > 0:
+            if self._epochs_started > 0 and self.structure_refresh:
                 self.generate_structure()
             self._epochs_started += 1
         return super().train(mode)
