@@ -147,10 +147,11 @@ class MMSSL(GeneralRecommender):
       from the second on, in chunks of users (memory :math:`O(\text{chunk} \cdot N_V)`); the
       first epoch uses the real graph, as the reference code starts from it. The top-k
       lists are a persistent buffer, so a checkpoint restores the graph of its epoch.
-      ``structure_refresh: False`` keeps the real graph throughout (a diagnostic: the
+      ``structure_refresh: False`` keeps the real graph throughout (higher on TikTok at
+      90% missing, BENCHMARKS.md; the default follows the paper). The
       released code, at its defaults ``T`` 1 and ``m_topk_rate`` 1e-4, rebuilds the
       modality graphs after every batch from an index list that stays empty, so from its
-      second or third batch on they hold no edges; this implementation follows the paper).
+      second or third batch on they hold no edges.
     - **Fusion.** :math:`\bar e^m_u = \hat A^m E_I`, :math:`\bar e^m_i = \hat A^{mT} E_U`;
       :class:`ModalityAttention` fuses them; the ID embeddings get ``id_cat_rate`` times the
       L2-normalised fusion, are propagated by LightGCN on the real graph (``n_layers``; the
