@@ -121,16 +121,45 @@ def find_inter_file(src_dir: Path, name: Optional[str]) -> Path:
     )
 
 
-def _id_column(frame: pd.DataFrame, column: str, path: Path) -> np.ndarray:
+INT64_MAX = int(np.iinfo(np.int64).max)
+ID_FIX = "ids must be integers below 2**63 (remap them to 0..n-1 first)"
+
+
+def _above_int64(digits: str) -> bool:
+    # Compares the digit string itself: int() of a very long string raises.
+    digits = digits.lstrip("0")
+    return len(digits) > len(str(INT64_MAX)) or (len(digits) == len(str(INT64_MAX)) and digits > str(INT64_MAX))
+
+
+def _shown(digits: str) -> str:
+    return digits if len(digits) <= 24 else f"{digits[:20]}... ({len(digits)} digits)"
+
+
+def integer_column(frame: pd.DataFrame, column: str, path: Path, fix: str) -> np.ndarray:
+    """Column ``column`` of a text table as int64, or raise naming its first bad line.
+
+    Line numbers count the header as line 1. ``fix`` ends the message.
+    """
     values = frame[column].str.strip()
     bad = ~values.str.fullmatch(r"[0-9]+")
     if bad.any():
         row = int(np.flatnonzero(bad.to_numpy())[0])
         raise DatasetPrepError(
             f"{path}: column {column!r} line {row + 2} holds {frame[column].iloc[row]!r}, "
-            f"not a non-negative integer id; ids must be integers (remap them first)"
+            f"not a non-negative integer; {fix}"
+        )
+    too_large = values.map(_above_int64)
+    if too_large.any():
+        row = int(np.flatnonzero(too_large.to_numpy())[0])
+        raise DatasetPrepError(
+            f"{path}: column {column!r} line {row + 2} holds {_shown(values.iloc[row])}, above "
+            f"{INT64_MAX}, the largest int64; {fix}"
         )
     return values.astype(np.int64).to_numpy()
+
+
+def _id_column(frame: pd.DataFrame, column: str, path: Path) -> np.ndarray:
+    return integer_column(frame, column, path, ID_FIX)
 
 
 def read_mmrec(src_dir, name: Optional[str] = None) -> SplitInteractions:
@@ -183,10 +212,31 @@ def _is_id(value) -> bool:
     return type(value) is int and value >= 0
 
 
+def _unique_keys(path: Path):
+    """A json ``object_pairs_hook`` refusing a key twice in one object.
+
+    ``json.load`` keeps the last value of a repeated key: a user listed twice
+    would silently lose the items of the first list.
+    """
+    def build(pairs):
+        seen = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise DatasetPrepError(
+                    f"{path}: key {key!r} appears twice in one object; JSON keeps only "
+                    f"the last, so the items of the first would be lost; merge them into "
+                    f"one list (or re-download the published file)"
+                )
+            seen.add(key)
+        return dict(pairs)
+
+    return build
+
+
 def _read_user_lists(path: Path) -> np.ndarray:
     try:
         with open(path, encoding="utf-8") as handle:
-            data = json.load(handle)
+            data = json.load(handle, object_pairs_hook=_unique_keys(path))
     except json.JSONDecodeError as exc:
         raise DatasetPrepError(
             f"{path}: invalid JSON ({exc.msg} at line {exc.lineno} column {exc.colno}); "
@@ -194,12 +244,16 @@ def _read_user_lists(path: Path) -> np.ndarray:
         ) from None
     except UnicodeDecodeError:
         raise DatasetPrepError(f"{path}: not UTF-8 text; re-download the published JSON file") from None
+    except DatasetPrepError:
+        raise
+    except ValueError as exc:  # e.g. an integer of more digits than Python converts
+        raise DatasetPrepError(f"{path}: unreadable JSON ({one_line(exc)}); {ID_FIX}") from None
     if not isinstance(data, dict):
         raise DatasetPrepError(
             f"{path}: holds a JSON {type(data).__name__}, not an object; the mmssl layout "
             f"needs {{\"user_id\": [item_id, ...], ...}}"
         )
-    users, items = [], []
+    users, items, key_of = [], [], {}
     for user, user_items in data.items():
         if not re.fullmatch(r"[0-9]+", user.strip()):
             raise DatasetPrepError(
@@ -212,7 +266,21 @@ def _read_user_lists(path: Path) -> np.ndarray:
                 f"non-negative integer item ids; the mmssl layout needs "
                 f"{{\"user_id\": [item_id, ...], ...}}"
             )
-        users.extend([int(user)] * len(user_items))
+        too_large = [str(item) for item in user_items if item > INT64_MAX]
+        if _above_int64(user.strip()) or too_large:
+            field = "its key" if not too_large else f"item {_shown(too_large[0])}"
+            raise DatasetPrepError(
+                f"{path}: user {_shown(user)!r}: {field} is above {INT64_MAX}, the largest "
+                f"int64; {ID_FIX}"
+            )
+        user_id = int(user)
+        if user_id in key_of:
+            raise DatasetPrepError(
+                f"{path}: keys {key_of[user_id]!r} and {user!r} are both user {user_id}; "
+                f"give each user one key and one list"
+            )
+        key_of[user_id] = user
+        users.extend([user_id] * len(user_items))
         items.extend(user_items)
     return _pairs(users, items)
 

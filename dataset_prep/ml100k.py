@@ -27,7 +27,7 @@ import pandas as pd
 from dataset_prep.atomic import write_dataset
 from dataset_prep.errors import DatasetPrepError
 from dataset_prep.features import Feature, make_feature
-from dataset_prep.layouts import SplitInteractions, require_dir
+from dataset_prep.layouts import SplitInteractions, integer_column, require_dir
 from dataset_prep.properties import modalities_entry, render_dataset_yaml, yaml_path
 
 ML100K_MM = "ml-100k-mm"
@@ -79,12 +79,7 @@ def _read_atomic(path: Path, fields: List[str]) -> pd.DataFrame:
 
 
 def _integers(frame: pd.DataFrame, column: str, path: Path) -> np.ndarray:
-    try:
-        return pd.to_numeric(frame[column].str.strip()).astype(np.int64).to_numpy()
-    except ValueError:
-        raise DatasetPrepError(
-            f"{path}: column {column!r} holds non-integer values; expected RecBole's ml-100k"
-        ) from None
+    return integer_column(frame, column, path, "expected RecBole's ml-100k")
 
 
 def chronological_split(users: np.ndarray, items: np.ndarray, timestamps: np.ndarray) -> SplitInteractions:

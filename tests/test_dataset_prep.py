@@ -315,11 +315,39 @@ def test_bad_inter_file(tmp_path, content, problem):
     ('{"u0": [1]}', "not a non-negative integer user id"),
     ("{}", "no interactions"),
     ('{"0": []}', "no interactions"),
+    ('{"0": [1, 2], "1": [0], "0": [3]}', "key '0' appears twice in one object"),
+    ('{"0": [1, 2], "00": [3]}', "keys '0' and '00' are both user 0"),
+    (f'{{"0": [1, {2 ** 64 + 5}]}}', f"user '0': item {2 ** 64 + 5} is above 9223372036854775807"),
+    (f'{{"{2 ** 64 + 5}": [1]}}', f"user '{2 ** 64 + 5}': its key is above 9223372036854775807"),
+    ('{"0": [1, %s]}' % ("9" * 5000), "unreadable JSON"),
 ])
 def test_bad_json(tmp_path, content, problem):
     write_mmssl(tmp_path / "src")
     (tmp_path / "src" / "val.json").write_text(content)
     assert problem in _expect_error(tmp_path, tmp_path / "src" / "val.json", layout="mmssl")
+
+
+@pytest.mark.parametrize("column, value", [("itemID", str(2 ** 63)), ("userID", "9" * 5000)])
+def test_inter_id_above_int64(tmp_path, column, value):
+    (tmp_path / "src").mkdir()
+    row = {"userID": "0", "itemID": "1", "x_label": "1", column: value}
+    body = "\t".join(row.values())
+    (tmp_path / "src" / "toy.inter").write_text(f"userID\titemID\tx_label\n0\t1\t0\n{body}\n0\t2\t2\n")
+    message = _expect_error(tmp_path, tmp_path / "src" / "toy.inter")
+    assert f"column {column!r} line 3 holds {value[:20]}" in message and "above 9223372036854775807" in message
+
+
+def test_ml100k_source_id_above_int64(tmp_path):
+    src = tmp_path / "ml"
+    src.mkdir()
+    for name in ("ml-100k.inter", "ml-100k.item"):
+        (src / name).write_bytes((bundled_ml100k_dir() / name).read_bytes())
+    lines = (src / "ml-100k.inter").read_text().splitlines()
+    user, item, rating, _ = lines[5].split("\t")
+    lines[5] = "\t".join([user, item, rating, "9999999999999999999"])  # in uint64, not int64
+    (src / "ml-100k.inter").write_text("\n".join(lines) + "\n")
+    with pytest.raises(DatasetPrepError, match=r"ml-100k\.inter: column 'timestamp' line 6 holds 9999999999999999999"):
+        build_ml100k_mm(tmp_path / "out", src)
 
 
 def test_pickle_not_sparse(tmp_path):
