@@ -1,21 +1,23 @@
 """Command line of ``dataset_prep``.
 
     python -m dataset_prep NAME --src DIR --out DIR [--layout mmrec|mmssl|diffmm]
-        [--feature MOD=FILE[:KEYSFILE] ...] [--properties-dir DIR]
+        [--feature MOD=FILE[:KEYSFILE] ...] [--allow-partial-features] [--properties-dir DIR]
     python -m dataset_prep ml-100k-mm --out DIR [--src DIR] [--properties-dir DIR]
 
 Bad input ends with one line naming the file, the problem and the fix, and
-exit status 2.
+exit status 2. Warnings (e.g. items without a feature row) go to stderr, one
+line each.
 """
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 from typing import List, Optional
 
 from dataset_prep.convert import prepare_dataset
 from dataset_prep.errors import DatasetPrepError
-from dataset_prep.features import parse_feature_arg
+from dataset_prep.features import ALLOW_FLAG, MIN_COVERAGE, PATH_RULE, parse_feature_arg
 from dataset_prep.known import KNOWN_DATASETS
 from dataset_prep.layouts import LAYOUTS, SPLITS
 from dataset_prep.ml100k import ML100K_MM, build_ml100k_mm
@@ -50,7 +52,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: the known dataset's)")
     parser.add_argument("--feature", action="append", default=[], metavar="MOD=FILE[:KEYSFILE]",
                         help="attach a feature matrix (.npy) as modality MOD, replacing a known "
-                             "default of that name; KEYSFILE lists the raw item id of each row")
+                             "default of that name; KEYSFILE lists the raw item id of each row; "
+                             f"{PATH_RULE}")
+    parser.add_argument(ALLOW_FLAG, action="store_true",
+                        help=f"say that missing features are real: accept a modality whose keys "
+                             f"cover under {MIN_COVERAGE:.0%}% of the items, or a matrix in item id "
+                             f"order with rows for items no split file uses and the layout does not "
+                             f"declare (refused without it, as the mark of a file of another "
+                             f"release); the counts are warned "
+                             f"either way, and the YAML then sets allow_partial_features: True "
+                             f"where loading needs it")
     parser.add_argument("--properties-dir", type=Path, default=None,
                         help="write the YAML to DIR/dataset/NAME.yaml (default: the project's "
                              f"properties/; for {ML100K_MM}: no YAML unless given)")
@@ -68,10 +79,10 @@ def _summary(dataset_dir: Path) -> str:
 
 
 def _run_ml100k(args) -> None:
-    if args.layout is not None or args.feature:
+    if args.layout is not None or args.feature or args.allow_partial_features:
         raise DatasetPrepError(
             f"{ML100K_MM}: is built from RecBole's ml-100k with fixed modalities; drop "
-            f"--layout and --feature"
+            f"--layout, --feature and {ALLOW_FLAG}"
         )
     dataset_dir = build_ml100k_mm(args.out, args.src, properties_dir=args.properties_dir)
     print(_summary(dataset_dir))
@@ -87,14 +98,19 @@ def _run_published(args) -> None:
     if args.src is None:
         raise DatasetPrepError(f"{args.name}: --src is required; pass the folder holding the published files")
     properties_dir = DEFAULT_PROPERTIES_DIR if args.properties_dir is None else args.properties_dir
-    features = [parse_feature_arg(text) for text in args.feature]
-    dataset_dir = prepare_dataset(args.name, args.src, args.out, args.layout, features, properties_dir)
+    features = [parse_feature_arg(text, args.src) for text in args.feature]
+    dataset_dir = prepare_dataset(args.name, args.src, args.out, args.layout, features, properties_dir,
+                                  allow_partial_features=args.allow_partial_features)
     print(_summary(dataset_dir))
     print(f"wrote {yaml_path(properties_dir, args.name)}")
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    warnings = logging.StreamHandler(sys.stderr)
+    warnings.setFormatter(logging.Formatter(f"{PROG}: warning: %(message)s"))
+    logger = logging.getLogger("dataset_prep")
+    logger.addHandler(warnings)
     try:
         if args.name == ML100K_MM:
             _run_ml100k(args)
@@ -104,6 +120,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         # OSError covers an unwritable --out or a full disk: input, not a bug.
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        logger.removeHandler(warnings)
     return 0
 
 

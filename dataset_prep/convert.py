@@ -10,7 +10,7 @@ from typing import Dict, Iterable, Optional
 
 from dataset_prep.atomic import write_dataset
 from dataset_prep.errors import DatasetPrepError
-from dataset_prep.features import FeatureSpec, load_feature
+from dataset_prep.features import FeatureSpec, load_feature, locate_spec
 from dataset_prep.known import KNOWN_DATASETS
 from dataset_prep.layouts import LAYOUTS, read_layout, require_dir
 from dataset_prep.properties import DEFAULT_PROPERTIES_DIR, modalities_entry, render_dataset_yaml, yaml_path
@@ -42,11 +42,15 @@ def resolve_layout(name: str, layout: Optional[str]) -> str:
 
 
 def resolve_features(name: str, src_dir: Path, features: Iterable[FeatureSpec]) -> Dict[str, FeatureSpec]:
-    """A known dataset's default features, each replaced or joined by the given ones."""
+    """A known dataset's default features, each replaced or joined by the given ones.
+
+    Paths come back absolute: a relative given path is found in ``src_dir``
+    first, then in the working directory (:func:`~dataset_prep.features.locate_spec`).
+    """
     specs: Dict[str, FeatureSpec] = {}
     if name in KNOWN_DATASETS:
         for modality, file_name in KNOWN_DATASETS[name].features.items():
-            specs[modality] = FeatureSpec(modality, src_dir / file_name)
+            specs[modality] = FeatureSpec(modality, Path(src_dir).absolute() / file_name)
     given = set()
     for spec in features:
         if spec.modality in given:
@@ -56,11 +60,12 @@ def resolve_features(name: str, src_dir: Path, features: Iterable[FeatureSpec]) 
             )
         given.add(spec.modality)
         specs[spec.modality] = spec
-    return specs
+    return {modality: locate_spec(spec, src_dir) for modality, spec in specs.items()}
 
 
 def prepare_dataset(name: str, src_dir, out_dir, layout: Optional[str] = None,
-                    features: Iterable[FeatureSpec] = (), properties_dir=DEFAULT_PROPERTIES_DIR) -> Path:
+                    features: Iterable[FeatureSpec] = (), properties_dir=DEFAULT_PROPERTIES_DIR,
+                    allow_partial_features: bool = False) -> Path:
     """Convert a published dataset into ``out_dir/name/`` and write its YAML.
 
     Args:
@@ -72,6 +77,10 @@ def prepare_dataset(name: str, src_dir, out_dir, layout: Optional[str] = None,
         features: feature files to add, or to replace a known default's.
         properties_dir: the YAML goes to ``properties_dir/dataset/NAME.yaml``;
             ``None`` writes no YAML.
+        allow_partial_features: accept a modality covering fewer than
+            ``MIN_COVERAGE`` of the items, or a row-ordered matrix with rows
+            for items no split uses (see ``dataset_prep.features``); the YAML
+            then sets ``allow_partial_features: True`` where loading needs it.
 
     Returns:
         The dataset directory ``out_dir/name``.
@@ -81,11 +90,12 @@ def prepare_dataset(name: str, src_dir, out_dir, layout: Optional[str] = None,
     src_dir = require_dir(src_dir)
     specs = resolve_features(name, src_dir, features)
     interactions = read_layout(layout, src_dir, name)
-    loaded = [load_feature(spec, interactions) for spec in specs.values()]
+    loaded = [load_feature(spec, interactions, allow_partial_features) for spec in specs.values()]
 
     out_dir = Path(out_dir).resolve()
     yaml_file = yaml_text = None
     if properties_dir is not None:
         yaml_file = yaml_path(properties_dir, name)
-        yaml_text = render_dataset_yaml(name, out_dir, modalities_entry(loaded))
+        yaml_text = render_dataset_yaml(name, out_dir, modalities_entry(loaded),
+                                        allow_partial_features=any(f.below_coverage for f in loaded))
     return write_dataset(out_dir, name, interactions, loaded, yaml_file, yaml_text)

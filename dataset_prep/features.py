@@ -9,8 +9,17 @@ per item. Its rows map to items in one of two ways:
   of row ``i``. Written whenever the ids are not exactly ``0 .. rows-1`` (then
   row ``i`` is still item ``i``, but some rows belong to no item in the split
   files), or copied from the keys file the user gave.
+
+Coverage: rows that name no item, and items that have no row, are logged as
+warnings with their counts. Two cases are refused unless the user passes
+``allow_partial`` (``--allow-partial-features``), saying the missingness is
+real: a keys file whose rows cover fewer than ``MIN_COVERAGE`` of the
+dataset's items (a keys file of another release or id space looks like this),
+and a row-ordered matrix with rows for items no split file uses, where the
+source declares no item count (the matrix of another release looks like this).
 """
 
+import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +31,14 @@ from dataset_prep.errors import DatasetPrepError, one_line
 from dataset_prep.layouts import SplitInteractions
 
 MODALITY_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# Below this share of the dataset's items with a row, a modality is refused
+# unless allow_partial says the missingness is real; the data layer
+# (recbole_ci2mg.data.features) applies the same threshold at load.
+MIN_COVERAGE = 0.5
+ALLOW_FLAG = "--allow-partial-features"
+PATH_RULE = "a relative path is looked up in --src first, then in the current directory"
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -45,6 +62,9 @@ class Feature:
     stem: str
     matrix: np.ndarray
     keys: Optional[List[str]]
+    # Keys cover under MIN_COVERAGE of the items (accepted by allow_partial only):
+    # loading needs allow_partial_features too.
+    below_coverage: bool = False
 
     @property
     def file_name(self) -> str:
@@ -55,8 +75,17 @@ class Feature:
         return None if self.keys is None else f"{self.stem}.keys"
 
 
-def parse_feature_arg(text: str) -> FeatureSpec:
-    """Parse ``MOD=FILE[:KEYS]`` from the command line."""
+def candidate_paths(path: Path, src_dir: Optional[Path] = None) -> List[Path]:
+    """Where a ``--feature`` path may be: itself if absolute, else under ``src_dir``, then the cwd."""
+    path = Path(path)
+    if path.is_absolute():
+        return [path]
+    candidates = [] if src_dir is None else [Path(src_dir).absolute() / path]
+    return list(dict.fromkeys(candidates + [Path.cwd() / path]))
+
+
+def parse_feature_arg(text: str, src_dir: Optional[Path] = None) -> FeatureSpec:
+    """Parse ``MOD=FILE[:KEYS]`` from the command line (paths as given, see :func:`locate_spec`)."""
     modality, sep, files = text.partition("=")
     if not sep or not files:
         raise DatasetPrepError(
@@ -65,9 +94,34 @@ def parse_feature_arg(text: str) -> FeatureSpec:
     check_modality(modality, f"--feature {text}")
     # A path may itself hold ':'; split off a keys file only when the whole is no file.
     path, keys_path = files, None
-    if ":" in files and not Path(files).exists():
+    if ":" in files and not any(candidate.exists() for candidate in candidate_paths(Path(files), src_dir)):
         path, _, keys_path = files.rpartition(":")
     return FeatureSpec(modality, Path(path), Path(keys_path) if keys_path else None)
+
+
+def _locate(path: Path, src_dir: Path, what: str, fix: str) -> Path:
+    candidates = candidate_paths(path, src_dir)
+    found = [candidate for candidate in candidates if candidate.is_file()]
+    if not found:
+        raise DatasetPrepError(
+            f"{path}: {what} not found (tried {' and '.join(map(str, candidates))}); pass "
+            f"{fix} ({PATH_RULE})"
+        )
+    if len(found) > 1 and not found[0].samefile(found[1]):
+        logger.warning(f"{path}: using {found[0]}; {found[1]} is ignored ({PATH_RULE}; "
+                       f"give an absolute path to choose)")
+    return found[0]
+
+
+def locate_spec(spec: FeatureSpec, src_dir: Path) -> FeatureSpec:
+    """``spec`` with absolute paths: a relative one is found in ``src_dir`` first, then the cwd."""
+    path = _locate(spec.path, src_dir, f"feature file for modality {spec.modality!r}",
+                   f"--feature {spec.modality}=FILE with an existing .npy file")
+    keys_path = None
+    if spec.keys_path is not None:
+        keys_path = _locate(spec.keys_path, src_dir, f"keys file for modality {spec.modality!r}",
+                            f"--feature {spec.modality}=FILE:KEYSFILE with an existing keys file")
+    return FeatureSpec(spec.modality, path, keys_path)
 
 
 def check_modality(modality: str, where: str) -> None:
@@ -172,8 +226,37 @@ def check_keys(keys: List[str], n_rows: int, item_tokens: set, source: str) -> N
         )
 
 
-def row_keys(interactions: SplitInteractions, n_rows: int, source: str) -> Optional[List[str]]:
-    """Keys for a matrix whose row i is item i: ``None`` when exactly row ordered."""
+def check_key_coverage(modality: str, keys: List[str], item_tokens: set, source: str,
+                       allow_partial: bool) -> bool:
+    """Warn with counts when keys and items differ; refuse low coverage unless allowed.
+
+    Returns whether the coverage is below ``MIN_COVERAGE`` (accepted by ``allow_partial``).
+    """
+    matched = len(item_tokens.intersection(keys))
+    unmatched, without = len(keys) - matched, len(item_tokens) - matched
+    counts = (f"{matched} of its {len(keys)} rows match an item, {unmatched} name no item of "
+              f"the dataset, {without} of the dataset's {len(item_tokens)} items have no row")
+    below = matched < MIN_COVERAGE * len(item_tokens)
+    if below and not allow_partial:
+        raise DatasetPrepError(
+            f"{source}: modality {modality!r} covers {matched / len(item_tokens):.0%} of the "
+            f"items ({counts}), below the {MIN_COVERAGE:.0%} minimum: this is usually a keys "
+            f"file of another release or id space; fix it, or pass {ALLOW_FLAG} if these "
+            f"items really lack the modality"
+        )
+    if unmatched or without:
+        logger.warning(f"{source}: modality {modality!r}: {counts} (those items count as "
+                       f"missing the modality)")
+    return below
+
+
+def row_keys(interactions: SplitInteractions, n_rows: int, source: str, modality: str = "",
+             allow_partial: bool = False) -> Optional[List[str]]:
+    """Keys for a matrix whose row i is item i: ``None`` when exactly row ordered.
+
+    Rows for items no split file uses are refused unless the source declares
+    that many items or ``allow_partial`` is given; either way they are logged.
+    """
     item_ids = interactions.item_ids()
     declared = interactions.n_items
     if declared is not None and n_rows != declared:
@@ -189,25 +272,41 @@ def row_keys(interactions: SplitInteractions, n_rows: int, source: str) -> Optio
         )
     if len(item_ids) == n_rows:
         return None
+    counts = (f"{n_rows} rows for {len(item_ids)} items (ids 0..{int(item_ids[-1])}): "
+              f"{n_rows - len(item_ids)} rows belong to no item of the split files")
+    if declared is None and not allow_partial:
+        raise DatasetPrepError(
+            f"{source}: modality {modality!r} has {counts}; row i is item i, so a row count "
+            f"that differs from the item count usually means the matrix of another release; "
+            f"use the matching file, give a keys file (--feature MOD=FILE:KEYSFILE), or pass "
+            f"{ALLOW_FLAG} if those rows really are items without interactions"
+        )
+    logger.warning(f"{source}: modality {modality!r} has {counts} (kept in its keys file, "
+                   f"unused by RecBole)")
     return [str(row) for row in range(n_rows)]
 
 
 def make_feature(modality: str, stem: str, matrix: np.ndarray, keys: Optional[List[str]],
-                 interactions: SplitInteractions, source: str) -> Feature:
-    """Validate ``matrix`` (and ``keys`` if given) against the dataset's items."""
+                 interactions: SplitInteractions, source: str, allow_partial: bool = False) -> Feature:
+    """Validate ``matrix`` (and ``keys`` if given) against the dataset's items.
+
+    ``allow_partial`` accepts the coverage problems described in the module docstring.
+    """
     matrix = check_matrix(matrix, source)
+    below = False
     if keys is None:
-        keys = row_keys(interactions, matrix.shape[0], source)
+        keys = row_keys(interactions, matrix.shape[0], source, modality, allow_partial)
     else:
         item_tokens = {str(item) for item in interactions.item_ids().tolist()}
         check_keys(keys, matrix.shape[0], item_tokens, source)
-    return Feature(modality, stem, matrix, keys)
+        below = check_key_coverage(modality, keys, item_tokens, source, allow_partial)
+    return Feature(modality, stem, matrix, keys, below)
 
 
-def load_feature(spec: FeatureSpec, interactions: SplitInteractions) -> Feature:
+def load_feature(spec: FeatureSpec, interactions: SplitInteractions, allow_partial: bool = False) -> Feature:
     """Load and validate the feature file (and keys file) of ``spec``."""
     check_modality(spec.modality, str(spec.path))
     matrix = load_matrix(spec.path, spec.modality)
     keys = None if spec.keys_path is None else read_keys(spec.keys_path, spec.modality)
     source = str(spec.path) if spec.keys_path is None else f"{spec.path} with {spec.keys_path}"
-    return make_feature(spec.modality, spec.path.stem, matrix, keys, interactions, source)
+    return make_feature(spec.modality, spec.path.stem, matrix, keys, interactions, source, allow_partial)

@@ -57,7 +57,7 @@ def _dump(mapping: dict, flow_leaves: bool = False) -> str:
 
 
 def render_dataset_yaml(name: str, data_path: Optional[Path], modalities: Dict[str, dict],
-                        header: Optional[str] = None) -> str:
+                        header: Optional[str] = None, allow_partial_features: bool = False) -> str:
     """The YAML text for dataset ``name``.
 
     Args:
@@ -66,6 +66,8 @@ def render_dataset_yaml(name: str, data_path: Optional[Path], modalities: Dict[s
             out, for a caller that sets it at run time.
         modalities: ``modality -> {file, keys?}``, see :func:`modalities_entry`.
         header: leading comment lines; by default the "rerun to regenerate" line.
+        allow_partial_features: write ``allow_partial_features: True``, for a
+            modality that covers fewer items than the data layer accepts by default.
     """
     text = generated_header(name) if header is None else header
     if data_path is not None:
@@ -75,4 +77,7 @@ def render_dataset_yaml(name: str, data_path: Optional[Path], modalities: Dict[s
     text += f"# Item feature matrices, paths relative to data_path/{name}/. With a keys\n"
     text += "# file, its line i is the raw item token of row i; without one, row i is item i.\n"
     text += _dump({"modalities": modalities}, flow_leaves=True)
+    if allow_partial_features:
+        text += "# Converted with --allow-partial-features: a modality's keys cover under half the items.\n"
+        text += "allow_partial_features: True\n"
     return text

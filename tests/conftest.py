@@ -86,3 +86,8 @@ def tiny(tmp_path):
     t = np.stack([np.full(3, k, np.float32) for k in t_keys])
     settings = write_benchmark(tmp_path / "data", "tiny", splits, {"v": (v, None), "t": (t, t_keys)})
     return settings
+
+
+def warnings_of(caplog):
+    """The messages logged at WARNING that ``caplog`` captured."""
+    return [record.getMessage() for record in caplog.records if record.levelname == "WARNING"]

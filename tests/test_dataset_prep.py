@@ -25,6 +25,7 @@ from dataset_prep import (
     prepare_dataset,
     read_layout,
 )
+from conftest import warnings_of
 from dataset_prep.__main__ import main
 from dataset_prep.ml100k import chronological_split, committed_yaml_text
 
@@ -180,13 +181,15 @@ def test_known_dataset_default_feature_replaced_by_option(tmp_path):
 # ------------------------------------------------------------------ features and keys
 
 
-def test_feature_gets_keys_file_when_items_are_not_all_rows(tmp_path):
+def test_feature_gets_keys_file_when_items_are_not_all_rows(tmp_path, caplog):
     # items 0..3 appear, the matrix has 6 rows: rows 4 and 5 belong to no item
     write_mmrec(tmp_path / "src")
     np.save(tmp_path / "t.npy", np.eye(6))
-    dataset_dir = convert(tmp_path, features=[FeatureSpec("t", tmp_path / "t.npy")])
+    dataset_dir = convert(tmp_path, features=[FeatureSpec("t", tmp_path / "t.npy")],
+                          allow_partial_features=True)
     assert (dataset_dir / "t.keys").read_text().splitlines() == ["0", "1", "2", "3", "4", "5"]
     assert load_yaml(yaml_of(tmp_path))["modalities"] == {"t": {"file": "t.npy", "keys": "t.keys"}}
+    assert "6 rows for 4 items (ids 0..3): 2 rows belong to no item" in caplog.text
 
 
 def test_feature_with_user_keys_file_is_copied(tmp_path):
@@ -199,6 +202,113 @@ def test_feature_with_user_keys_file_is_copied(tmp_path):
     assert (dataset_dir / "t.keys").read_text() == "3\n0\n99\n"
     assert np.array_equal(np.load(dataset_dir / "t.npy"), np.arange(6.0).reshape(3, 2))
     assert load_yaml(yaml_of(tmp_path))["modalities"] == {"t": {"file": "t.npy", "keys": "t.keys"}}
+
+
+def write_mmrec_items(src, n_items=30, name="toy"):
+    """An MMRec .inter over items 0..n_items-1, each in train, users 0..2 in every split."""
+    pairs = [(item % 3, item) for item in range(n_items)]
+    write_mmrec(src, name, (pairs, [(0, 0), (1, 1), (2, 2)], [(0, 3), (1, 4), (2, 5)]))
+
+
+def test_keys_covering_few_items_refused_unless_allowed(tmp_path, caplog):
+    write_mmrec_items(tmp_path / "src")
+    np.save(tmp_path / "t.npy", np.ones((30, 2)))
+    (tmp_path / "t.keys").write_text("0\n" + "".join(f"B{i}\n" for i in range(1, 30)))
+    spec = FeatureSpec("t", tmp_path / "t.npy", tmp_path / "t.keys")
+    counts = "1 of its 30 rows match an item, 29 name no item of the dataset, 29 of the dataset's 30 items have no row"
+    message = _expect_error(tmp_path, tmp_path / "t.keys", features=[spec])
+    assert "covers 3% of the items" in message and counts in message and "--allow-partial-features" in message
+
+    convert(tmp_path, features=[spec], allow_partial_features=True)
+    assert [counts in text for text in warnings_of(caplog)] == [True]
+    assert load_yaml(yaml_of(tmp_path))["allow_partial_features"] is True
+
+
+def test_keys_covering_most_items_convert_with_a_warning(tmp_path, caplog):
+    write_mmrec_items(tmp_path / "src")
+    np.save(tmp_path / "t.npy", np.ones((22, 2)))
+    (tmp_path / "t.keys").write_text("".join(f"{i}\n" for i in range(20)) + "B1\nB2\n")
+    convert(tmp_path, features=[FeatureSpec("t", tmp_path / "t.npy", tmp_path / "t.keys")])
+    assert warnings_of(caplog) == [
+        f"{tmp_path / 't.npy'} with {tmp_path / 't.keys'}: modality 't': 20 of its 22 rows match an "
+        f"item, 2 name no item of the dataset, 10 of the dataset's 30 items have no row (those items "
+        f"count as missing the modality)"]
+    assert "allow_partial_features" not in load_yaml(yaml_of(tmp_path))
+
+
+def test_row_ordered_matrix_with_more_rows_than_items_refused_unless_allowed(tmp_path, caplog):
+    write_mmrec_items(tmp_path / "src")
+    np.save(tmp_path / "t.npy", np.ones((35, 2)))
+    spec = FeatureSpec("t", tmp_path / "t.npy")
+    message = _expect_error(tmp_path, tmp_path / "t.npy", features=[spec])
+    assert "35 rows for 30 items (ids 0..29): 5 rows belong to no item" in message
+    assert "--allow-partial-features" in message
+
+    dataset_dir = convert(tmp_path, features=[spec], allow_partial_features=True)
+    assert len((dataset_dir / "t.keys").read_text().splitlines()) == 35
+    assert len(warnings_of(caplog)) == 1 and "5 rows belong to no item" in caplog.text
+    # every item has its row: loading needs no allowance
+    assert "allow_partial_features" not in load_yaml(yaml_of(tmp_path))
+
+
+def test_rows_the_layout_declares_but_no_split_uses_convert_with_a_warning(tmp_path, caplog):
+    write_diffmm(tmp_path / "src", shape=(3, 6))  # items 4 and 5 declared, never used
+    np.save(tmp_path / "f.npy", np.ones((6, 2)))
+    dataset_dir = convert(tmp_path, layout="diffmm", features=[FeatureSpec("v", tmp_path / "f.npy")])
+    assert len((dataset_dir / "f.keys").read_text().splitlines()) == 6
+    assert [("6 rows for 4 items (ids 0..3): 2 rows belong to no item" in text) for text in warnings_of(caplog)] == [True]
+
+
+def test_cli_allow_partial_features_warns_on_stderr(tmp_path, capsys):
+    write_mmrec_items(tmp_path / "src")
+    np.save(tmp_path / "t.npy", np.ones((35, 2)))
+    argv = ["toy", "--src", str(tmp_path / "src"), "--out", str(tmp_path / "out"), "--layout", "mmrec",
+            "--feature", f"t={tmp_path / 't.npy'}", "--properties-dir", str(tmp_path / "props")]
+    assert main(argv) == 2
+    assert "--allow-partial-features" in capsys.readouterr().err
+    assert main(argv + ["--allow-partial-features"]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith("python -m dataset_prep: warning: ")
+    assert "5 rows belong to no item" in err[0]
+
+
+def test_relative_feature_path_is_found_in_src(tmp_path, monkeypatch):
+    write_mmrec(tmp_path / "src")
+    np.save(tmp_path / "src" / "image.npy", np.ones((4, 3)))
+    np.save(tmp_path / "src" / "text.npy", np.ones((4, 2)))
+    (tmp_path / "src" / "text.keys").write_text("0\n1\n2\n3\n")
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    assert main(["toy", "--src", "../src", "--out", "out", "--layout", "mmrec", "--properties-dir", "props",
+                 "--feature", "v=image.npy", "--feature", "t=text.npy:text.keys"]) == 0
+    assert load_yaml(tmp_path / "work" / "props" / "dataset" / "toy.yaml")["modalities"] == {
+        "v": {"file": "image.npy"}, "t": {"file": "text.npy", "keys": "text.keys"}}
+
+
+def test_relative_feature_path_prefers_src_over_cwd(tmp_path, monkeypatch, caplog):
+    write_mmrec(tmp_path / "src")
+    np.save(tmp_path / "src" / "text.npy", np.full((4, 2), 1.0))
+    np.save(tmp_path / "text.npy", np.full((4, 3), 2.0))
+    monkeypatch.chdir(tmp_path)
+    dataset_dir = convert(tmp_path, features=[parse_feature_arg("t=text.npy", tmp_path / "src")])
+    assert np.load(dataset_dir / "text.npy").shape == (4, 2)
+    assert f"using {tmp_path / 'src' / 'text.npy'}; {tmp_path / 'text.npy'} is ignored" in caplog.text
+    np.save(tmp_path / "only_here.npy", np.ones((4, 5)))  # not in src: the cwd one is used
+    dataset_dir = convert(tmp_path, features=[FeatureSpec("t", Path("only_here.npy"))])
+    assert np.load(dataset_dir / "only_here.npy").shape == (4, 5)
+
+
+def test_relative_feature_path_not_found_lists_paths_tried(tmp_path, monkeypatch):
+    write_mmrec(tmp_path / "src")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    message = _expect_error(tmp_path, "text.npy", features=[FeatureSpec("t", Path("text.npy"))])
+    assert "feature file for modality 't' not found" in message
+    assert f"tried {tmp_path / 'src' / 'text.npy'} and {tmp_path / 'elsewhere' / 'text.npy'}" in message
+    assert "looked up in --src first, then in the current directory" in message
+    np.save(tmp_path / "src" / "text.npy", np.ones((4, 2)))
+    message = _expect_error(tmp_path, "k.txt", features=[FeatureSpec("t", Path("text.npy"), Path("k.txt"))])
+    assert f"keys file for modality 't' not found (tried {tmp_path / 'src' / 'k.txt'} and" in message
 
 
 @pytest.mark.filterwarnings("ignore::FutureWarning")  # RecBole's own pandas idiom
@@ -531,9 +641,10 @@ def shared(name):
     return path
 
 
-def test_real_tiktok(tmp_path):
+def test_real_tiktok(tmp_path, caplog):
     src = shared("tiktok")
     dataset_dir = prepare_dataset("tiktok", src, tmp_path / "out", properties_dir=tmp_path / "props")
+    assert warnings_of(caplog) == []  # both modalities cover every item
     train, valid, test = read_splits(dataset_dir)
     assert (len(train), len(valid), len(test)) == (59541, 3051, 6130)
     assert len({i for _, i in train + valid + test}) == 6710
@@ -559,10 +670,14 @@ def test_real_baby(tmp_path):
     assert tuple(map(len, read_splits(dataset_dir))) == (119674, 20559, 20559)
 
 
-def test_real_sports(tmp_path):
+def test_real_sports(tmp_path, caplog):
     interactions = read_layout("mmrec", shared("sports"), "sports")
     assert sum(len(pairs) for pairs in interactions.splits().values()) == 296337
     assert len(interactions.item_ids()) == 18357
+    dataset_dir = prepare_dataset("sports", shared("sports"), tmp_path / "out", properties_dir=None)
+    assert warnings_of(caplog) == []  # text_feat.npy has the row of every item
+    assert np.load(dataset_dir / "text_feat.npy").shape == (18357, 384)
+    assert not (dataset_dir / "text_feat.keys").exists()
 
 
 # ------------------------------------------------------------------ ml-100k-mm
@@ -573,8 +688,9 @@ def ml100k(tmp_path_factory):
     return build_ml100k_mm(tmp_path_factory.mktemp("ml") / "out")
 
 
-def test_ml100k_is_deterministic(ml100k, tmp_path):
+def test_ml100k_is_deterministic(ml100k, tmp_path, caplog):
     again = build_ml100k_mm(tmp_path / "out")
+    assert warnings_of(caplog) == []  # genre and text cover every item
     names = sorted(os.listdir(ml100k))
     assert names == sorted(os.listdir(again)) == sorted([
         "ml-100k-mm.train.inter", "ml-100k-mm.valid.inter", "ml-100k-mm.test.inter",

@@ -5,7 +5,7 @@ import pytest
 import torch
 from recbole.data import data_preparation
 
-from conftest import planted_interactions, write_benchmark
+from conftest import planted_interactions, warnings_of, write_benchmark
 from recbole_ci2mg.data.masks import draw_observed_masks, load_masks, save_masks
 from recbole_ci2mg.quick_start import build_config, create_dataset
 
@@ -141,6 +141,49 @@ def test_keyed_file_matching_no_item(tiny):
         f.write("\n".join(f"B00{i}" for i in range(35)) + "\n")
     with pytest.raises(ValueError, match=r"t\.keys.*matches none"):
         load(tiny)
+
+
+def test_keyed_file_with_missing_items_warns_with_counts(tiny, caplog):
+    load(tiny)
+    (warning,) = [text for text in warnings_of(caplog) if "Modality" in text]
+    assert "Modality 't'" in warning and "t.keys" in warning
+    assert ("35 of its 35 rows match an item, 0 name no item of the dataset, "
+            "5 of the dataset's 40 items have no row") in warning
+
+
+def test_keyed_file_covering_few_items_refused_unless_allowed(tiny, caplog):
+    with open(f"{tiny['data_path']}/tiny/t.keys", "w") as f:
+        f.write("".join(f"{i}\n" for i in range(10)) + "".join(f"B{i}\n" for i in range(25)))
+    counts = "10 of its 35 rows match an item, 25 name no item of the dataset, 30 of the dataset's 40 items have no row"
+    with pytest.raises(ValueError, match=r"t\.keys.*covers 25% of the items") as info:
+        load(tiny)
+    assert counts in str(info.value) and "allow_partial_features: True" in str(info.value)
+    dataset = load(tiny, allow_partial_features=True)
+    assert int(dataset.modality_observed["t"].sum()) == 10
+    assert any(counts in text for text in warnings_of(caplog))
+
+
+def test_allow_partial_features_must_be_a_bool(tiny):
+    with pytest.raises(ValueError, match=r"allow_partial_features = 'yes' must be True or False"):
+        load(tiny, allow_partial_features="yes")
+
+
+def test_dataset_converted_with_allow_partial_features_loads(tmp_path):
+    from dataset_prep import FeatureSpec, prepare_dataset
+
+    splits, _ = planted_interactions()
+    src = tmp_path / "src"
+    src.mkdir()
+    rows = [(u, i, label) for label, split in enumerate(splits.values()) for u, i in split]
+    (src / "toy.inter").write_text("userID\titemID\tx_label\n" + "".join(f"{u}\t{i}\t{x}\n" for u, i, x in rows))
+    np.save(src / "t.npy", np.ones((10, 3)))
+    (src / "t.keys").write_text("".join(f"{i}\n" for i in range(10)))  # 10 of 40 items
+    prepare_dataset("toy", src, tmp_path / "out", "mmrec", [FeatureSpec("t", src / "t.npy", src / "t.keys")],
+                    properties_dir=tmp_path / "props", allow_partial_features=True)
+    config = build_config("LightGCN", "toy", config_file_list=[str(tmp_path / "props" / "dataset" / "toy.yaml")],
+                          config_dict={"show_progress": False, "state": "WARNING"})
+    dataset = create_dataset(config)
+    assert int(dataset.modality_observed["t"].sum()) == 10
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf])

@@ -6,13 +6,22 @@ K}`` (``K`` is a text file, one raw item token per line, line ``i`` naming the
 item of row ``i``). Paths are relative to the dataset folder unless absolute.
 With a keys file, an item the file has no row for is *really* missing that
 modality; that is the incompleteness this project exists for, so it is
-recorded in the observed mask, never an error.
+recorded in the observed mask. Rows that name no item and items without a row
+are logged as a warning with their counts, and a keys file covering fewer
+than ``MIN_COVERAGE`` of the items (the mark of a keys file of another release
+or id space) is refused unless ``allow_partial_features`` says the
+missingness is real.
 """
 
+import logging
 import os
 from dataclasses import dataclass
 
 import numpy as np
+
+from dataset_prep.features import MIN_COVERAGE
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -106,7 +115,36 @@ def read_keys(spec, n_rows):
     return keys
 
 
-def align_rows(spec, matrix, item_tokens):
+def check_coverage(spec, n_rows, matched, n_items, allow_partial):
+    r"""Warn with counts when a keyed file's rows and the items differ; refuse low coverage.
+
+    Args:
+        spec (ModalitySpec): the modality (with a keys file).
+        n_rows (int): rows of the feature file.
+        matched (int): rows whose key is an item of the dataset.
+        n_items (int): items of the dataset.
+        allow_partial (bool): the ``allow_partial_features`` setting: accept
+            coverage below ``MIN_COVERAGE``.
+    """
+    unmatched, without = n_rows - matched, n_items - matched
+    counts = (f"{matched} of its {n_rows} rows match an item, {unmatched} name no item of "
+              f"the dataset, {without} of the dataset's {n_items} items have no row")
+    if matched < MIN_COVERAGE * n_items and not allow_partial:
+        raise ValueError(
+            f"Keys file {spec.keys} of modality '{spec.name}' covers {matched / n_items:.0%} "
+            f"of the items ({counts}), below the {MIN_COVERAGE:.0%} minimum: this is usually "
+            f"a keys file of another release or id space. Fix it, or set "
+            f"allow_partial_features: True (dataset YAML or --allow_partial_features=True) "
+            f"if these items really lack the modality."
+        )
+    if unmatched or without:
+        logger.warning(
+            f"Modality '{spec.name}' ({spec.file} with {spec.keys}): {counts}; those items "
+            f"count as missing the modality."
+        )
+
+
+def align_rows(spec, matrix, item_tokens, allow_partial=False):
     r"""Place feature rows at the dataset's item positions.
 
     Args:
@@ -114,6 +152,8 @@ def align_rows(spec, matrix, item_tokens):
         matrix (np.ndarray): ``[n_rows, d]`` features.
         item_tokens (list of str): raw token of each item, in internal id order
             (without RecBole's padding id 0).
+        allow_partial (bool): accept a keys file covering fewer than
+            ``MIN_COVERAGE`` of the items (see :func:`check_coverage`).
 
     Returns:
         tuple: ``features`` ``[n_items, d]`` (zeros where missing) and
@@ -151,6 +191,7 @@ def align_rows(spec, matrix, item_tokens):
             f"like {item_tokens[:3]}): it must hold raw item tokens as written in the "
             f".inter files."
         )
+    check_coverage(spec, n_rows, int(present.sum()), n_items, allow_partial)
     features = np.zeros((n_items, matrix.shape[1]), dtype=np.float32)
     features[present] = matrix[rows[present]]
     return features, present

@@ -79,11 +79,18 @@ class MultimodalDataset(Dataset):
         missing_mode = self._setting("missing_mode", "independent")
         mask_seed = self._setting("mask_seed", 2023)
         check_mask_settings(missing_rate, missing_mode, mask_seed)
+        allow_partial = self._setting("allow_partial_features", False)
+        if not isinstance(allow_partial, bool):
+            raise ValueError(
+                f"Config key allow_partial_features = {allow_partial!r} must be True or False."
+            )
 
         item_tokens = [str(t) for t in self.field2id_token[self.iid_field][1:]]
         raw, present = {}, {}
         for spec in specs:
-            raw[spec.name], present[spec.name] = align_rows(spec, read_feature_matrix(spec), item_tokens)
+            raw[spec.name], present[spec.name] = align_rows(
+                spec, read_feature_matrix(spec), item_tokens, allow_partial
+            )
 
         observed = self._observed_masks(item_tokens, present, missing_rate, missing_mode, mask_seed)
         for name in self.modality_names:
