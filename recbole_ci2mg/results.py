@@ -38,8 +38,61 @@ def record_key(record):
     )
 
 
+def _is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_name(value):
+    return isinstance(value, str) and value != ""
+
+
+# What each field of a record must hold (optional fields may also be null),
+# as the runner and the tables read it.
+FIELD_CHECKS = {
+    "dataset": (_is_name, "a name"),
+    "model": (_is_name, "a name"),
+    "seed": (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
+    "missing_rate": (lambda v: _is_number(v) and 0 <= v <= 1, "a number in [0, 1]"),
+    "test": (lambda v: isinstance(v, dict) and all(_is_number(x) for x in v.values()),
+             "metrics (a mapping of metric names to numbers)"),
+    "valid": (lambda v: isinstance(v, dict), "a mapping of metric names to numbers"),
+    "overrides": (lambda v: isinstance(v, dict), "a mapping of config keys to values"),
+    "config_files": (lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v), "a list of file names"),
+    "per_user_file": (_is_name, "a file name"),
+    "data_fingerprint": (lambda v: isinstance(v, dict) and all(isinstance(x, str) for x in v.values()),
+                         "a mapping of data files to their hashes"),
+    "best_epoch": (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
+    "train_epoch_seconds": (_is_number, "a number"),
+}
+JSON_TYPES = {int: "number", float: "number", str: "string", list: "array", bool: "boolean", type(None): "null"}
+
+
+def check_record(record, where):
+    r"""Raise ValueError, naming ``where`` (file and line), unless ``record`` is a well-formed record."""
+    fix = "correct or delete that line (a deleted run is trained again)"
+    if not isinstance(record, dict):
+        raise ValueError(
+            f"{where}, is a JSON {JSON_TYPES.get(type(record), type(record).__name__)}, not a record: each "
+            f"line of a results file is a JSON object with {', '.join(REQUIRED_FIELDS)}; {fix}."
+        )
+    missing = [field for field in REQUIRED_FIELDS if field not in record]
+    if missing:
+        raise ValueError(
+            f"{where}, lacks the field(s) {', '.join(missing)} every record "
+            f"needs ({', '.join(REQUIRED_FIELDS)}); it was not written by recbole_ci2mg.compare: {fix}."
+        )
+    for field, (valid, expected) in FIELD_CHECKS.items():
+        value = record.get(field)
+        if (value is not None or field in REQUIRED_FIELDS) and not valid(value):
+            raise ValueError(f"{where}: {field} is {value!r}, not {expected}; {fix}.")
+
+
 def read_records(path):
-    r"""The records of the results file ``path``, in file order; [] when it does not exist yet."""
+    r"""The records of the results file ``path``, in file order; [] when it does not exist yet.
+
+    Raises:
+        ValueError: a line is not a record (naming the file, the line and what is wrong).
+    """
     path = Path(path)
     if not path.exists():
         return []
@@ -54,12 +107,7 @@ def read_records(path):
                 f"{path}, line {number}, is not a JSON record ({error.msg}). Delete that line "
                 f"(a run cut off while writing it); the run will be trained again."
             ) from None
-        missing = [field for field in REQUIRED_FIELDS if field not in record]
-        if missing:
-            raise ValueError(
-                f"{path}, line {number}, lacks the field(s) {', '.join(missing)} every record "
-                f"needs ({', '.join(REQUIRED_FIELDS)}); it was not written by recbole_ci2mg.compare."
-            )
+        check_record(record, f"{path}, line {number}")
         records.append(record)
     return records
 
