@@ -299,33 +299,3 @@ def test_a_damaged_results_file_names_the_line(tmp_path):
     with pytest.raises(ValueError, match=r"line 1, lacks the field\(s\) seed, missing_rate, test"):
         read_records(path)
 
-
-@pytest.mark.parametrize(
-    "line, message",
-    [
-        ("123", r"line 2, is a JSON number, not a record"),
-        ('["d", "A"]', r"line 2, is a JSON array, not a record"),
-        ('{"dataset": "d", "model": "A", "seed": "x", "missing_rate": 0, "test": {}}',
-         r"line 2: seed is 'x', not an integer"),
-        ('{"dataset": "d", "model": "A", "seed": true, "missing_rate": 0, "test": {}}',
-         r"line 2: seed is True, not an integer"),
-        ('{"dataset": "d", "model": "A", "seed": 1, "missing_rate": "high", "test": {}}',
-         r"line 2: missing_rate is 'high', not a number in \[0, 1\]"),
-        ('{"dataset": "d", "model": "A", "seed": 1, "missing_rate": 2, "test": {}}',
-         r"line 2: missing_rate is 2, not a number in \[0, 1\]"),
-        ('{"dataset": 5, "model": "A", "seed": 1, "missing_rate": 0, "test": {}}',
-         r"line 2: dataset is 5, not a name"),
-        ('{"dataset": "d", "model": "A", "seed": 1, "missing_rate": 0, "test": {"recall@20": "0.1"}}',
-         r"line 2: test is \{'recall@20': '0.1'\}, not metrics"),
-        ('{"dataset": "d", "model": "A", "seed": 1, "missing_rate": 0, "test": {}, "overrides": [1]}',
-         r"line 2: overrides is \[1\], not a mapping"),
-        ('{"dataset": "d", "model": "A", "seed": 1, "missing_rate": 0, "test": {}, "config_files": "a.yaml"}',
-         r"line 2: config_files is 'a.yaml', not a list of file names"),
-    ],
-)
-def test_a_line_that_is_not_a_record_names_the_file_line_and_field(tmp_path, line, message):
-    path = tmp_path / "runs.jsonl"
-    path.write_text('{"dataset": "d", "model": "A", "seed": 1, "missing_rate": 0, "test": {}}\n' + line + "\n")
-    with pytest.raises(ValueError, match=r"runs.jsonl, " + message) as error:
-        read_records(path)
-    assert "delete that line" in str(error.value)
