@@ -130,20 +130,20 @@ def take_claim(results, key):
     ``results``, so that two processes never both take over one stale claim.
 
     Returns:
-        tuple: ``(claim, None)`` with a :class:`Claim` when this process now
-        holds the run; ``(None, holder)`` when a live process does;
-        ``(claim, (holder, reason))`` when a stale claim was taken over.
+        tuple: ``(claim, holder, reason)``: ``claim`` is this process's
+        :class:`Claim`, or None when ``holder``, a live process, holds the run;
+        with a claim, ``holder`` is the process whose stale claim was taken
+        over (None if there was none) and ``reason`` why it was stale.
     """
     path = claim_path(results, key)
     path.parent.mkdir(parents=True, exist_ok=True)
-    replaced = None
     holder = read_claim(path)
+    reason = None
     if holder is not None:
         reason = stale_reason(path, holder)
         if reason is None:
-            return None, holder
+            return None, holder, None
         path.unlink(missing_ok=True)
-        replaced = (holder, reason)
     mine = {
         "pid": os.getpid(),
         "host": socket.gethostname(),
@@ -153,4 +153,4 @@ def take_claim(results, key):
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     with os.fdopen(fd, "w") as stream:
         stream.write(json.dumps(mine))
-    return Claim(path, mine), replaced
+    return Claim(path, mine), holder, reason

@@ -265,9 +265,9 @@ def check_data(runs, records, results):
         keep = Path(results).with_name(Path(results).stem + "-new.jsonl")
         raise ResultsFileError(
             f"{results} holds {describe_run(run)}{others} trained on other data than the dataset has now: "
-            f"{'; '.join(changes)}. Nothing was trained: reusing that record would report old results for "
-            f"the new data. To keep both, run the comparison with another results file (e.g. --results={keep}); "
-            f"to train it again in {results}, delete the old records from it (--table-only still tabulates them)."
+            f"{'; '.join(changes)}. The comparison stops rather than report old results for the new data. "
+            f"To keep both, run it with another results file (e.g. --results={keep}); to train again in "
+            f"{results}, delete the old records from it."
         )
     if unverified:
         print(
@@ -302,7 +302,7 @@ def run_comparison(runs, results):
             key, what = record_key(run), f"[{number}/{len(runs)}] {describe_run(run)}"
             with locked(results):
                 recorded = {record_key(record): record for record in read_records(results)}
-                claim, holder = (None, None) if key in recorded else take_claim(results, key)
+                claim, holder, stale = (None, None, None) if key in recorded else take_claim(results, key)
             if key in recorded:
                 if key in done:
                     print(f"{what}: in {results}, skipped", flush=True)
@@ -310,22 +310,23 @@ def run_comparison(runs, results):
                     check_data([run], recorded, results)
                     print(f"{what}: recorded by another process", flush=True)
                 done[key] = recorded[key]
-                continue
-            if claim is None:
+            elif claim is None:
                 if key not in waiting:
                     print(f"{what}: being trained by {describe(holder)}; waiting for its record", flush=True)
                     waiting.add(key)
                 left.append((number, run))
-                continue
-            if holder is not None:
-                print(f"{what}: taking over the claim of {describe(holder[0])} ({holder[1]})", flush=True)
-            with claim:
-                record = train(run, results)
-                if not append_record(results, record):
-                    print(f"{what}: already recorded by another process; this result was not written",
+            else:
+                if holder is not None:
+                    print(f"{what}: taking over the claim of {describe(holder)} ({stale})", flush=True)
+                with claim:
+                    record = train(run, results)
+                    written = append_record(results, record)
+                if not written:
+                    print(f"{what}: recorded by another process meanwhile; this result was not written",
                           file=sys.stderr, flush=True)
-            done[key] = record
-            print(f"{what}: test {record['test']}", flush=True)
+                    record = {record_key(other): other for other in read_records(results)}[key]
+                done[key] = record
+                print(f"{what}: test {record['test']}", flush=True)
         pending = left
         if pending:
             time.sleep(POLL_SECONDS)
