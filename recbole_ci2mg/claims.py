@@ -89,7 +89,7 @@ def stale_reason(path, holder):
 
 
 def describe(holder):
-    """``process 123 on host h since 2024-...``."""
+    """``process 123 on HOST since 2024-...``."""
     if not holder:
         return "a process that left no details"
     return f"process {holder.get('pid')} on {holder.get('host')} since {holder.get('started')}"
