@@ -298,4 +298,3 @@ def test_a_damaged_results_file_names_the_line(tmp_path):
     path.write_text('{"dataset": "d", "model": "A"}\n')
     with pytest.raises(ValueError, match=r"line 1, lacks the field\(s\) seed, missing_rate, test"):
         read_records(path)
-
