@@ -9,7 +9,7 @@ staging files are removed and the previous ``OUT/NAME`` and YAML stay as they
 were.
 """
 
-import os
+import contextlib
 import secrets
 import shutil
 import tempfile
@@ -21,6 +21,7 @@ import numpy as np
 from dataset_prep.errors import DatasetPrepError
 from dataset_prep.features import Feature
 from dataset_prep.layouts import SplitInteractions
+from recbole_ci2mg.files import atomic_write
 
 INTER_HEADER = "user_id:token\titem_id:token\n"
 
@@ -48,16 +49,6 @@ def check_file_names(features: Iterable[Feature]) -> None:
                 f"{feature.modality!r} both come from a file of this name; rename one of them"
             )
         owner[feature.file_name] = feature.modality
-
-
-def _stage_text(path: Path, text: str) -> Path:
-    """Write ``text`` to a temporary file beside ``path``; return the temporary file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    with os.fdopen(handle, "w", encoding="utf-8") as stream:
-        stream.write(text)
-    os.chmod(temp, 0o644)  # mkstemp makes it private; the YAML is an ordinary config file
-    return Path(temp)
 
 
 def _swap_in(staging: Path, target: Path) -> None:
@@ -89,25 +80,18 @@ def write_dataset(out_dir, name: str, interactions: SplitInteractions, features:
     out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / name
     staging = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=out_dir))
-    staged_yaml = None
+    staged_yaml = atomic_write(yaml_file, encoding="utf-8") if yaml_file is not None else contextlib.nullcontext()
     try:
-        for split, pairs in interactions.splits().items():
-            write_inter(staging / f"{name}.{split}.inter", pairs)
-        for feature in features:
-            write_feature(staging, feature)
-        staging.chmod(0o755)  # mkdtemp makes it private; the dataset is not
-        if yaml_file is not None:
-            staged_yaml = _stage_text(Path(yaml_file), yaml_text)
-        _swap_in(staging, target)
+        with staged_yaml as yaml_stream:
+            for split, pairs in interactions.splits().items():
+                write_inter(staging / f"{name}.{split}.inter", pairs)
+            for feature in features:
+                write_feature(staging, feature)
+            staging.chmod(0o755)  # mkdtemp makes it private; the dataset is not
+            if yaml_stream is not None:
+                yaml_stream.write(yaml_text)
+            _swap_in(staging, target)
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        if staged_yaml is not None:
-            staged_yaml.unlink(missing_ok=True)
+        shutil.rmtree(staging, ignore_errors=True)  # gone already once swapped in
         raise
-    if staged_yaml is not None:
-        try:
-            os.replace(staged_yaml, yaml_file)
-        except BaseException:
-            staged_yaml.unlink(missing_ok=True)
-            raise
     return target

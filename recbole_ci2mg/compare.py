@@ -15,7 +15,12 @@ Each finished run is appended to the results file (``--results``, by default
 ``--ablation``) with its per-user test scores beside it
 (:mod:`recbole_ci2mg.results`); a run already recorded is skipped, so an
 interrupted comparison loses at most the run in progress and the same command
-resumes it. The tables (:mod:`recbole_ci2mg.tables`) cover the runs of the
+resumes it. The same command started several times (processes, GPUs or
+machines sharing the results folder) shares the runs out: each is claimed
+before training (:mod:`recbole_ci2mg.claims`) and trained once. A record
+keeps a fingerprint of the data it was trained on
+(:mod:`recbole_ci2mg.data.fingerprint`); a record of other data (the dataset
+converted again since) stops the comparison, with how to keep both. The tables (:mod:`recbole_ci2mg.tables`) cover the runs of the
 command and go to ``--table=PREFIX`` (``PREFIX.md``, ``.csv``, ``.tex``, and
 ``.png`` for several missing rates; by default the results file's path without
 ``.jsonl``). ``--table-only`` rebuilds them from the results file without
@@ -31,16 +36,21 @@ import os
 import platform
 import sys
 from pathlib import Path
+import time
 from time import perf_counter
 from unittest import mock
 
 import torch
 
+from recbole_ci2mg.claims import describe, take_claim
 from recbole_ci2mg.data import EMBEDDED_DATASET
-from recbole_ci2mg.quick_start import run_recbole
+from recbole_ci2mg.data.fingerprint import data_fingerprint, fingerprint_changes
+from recbole_ci2mg.quick_start import build_config, run_recbole
 from recbole_ci2mg.registry import get_model
 from recbole_ci2mg.results import (
+    ResultsFileError,
     append_record,
+    locked,
     read_records,
     record_key,
     save_per_user,
@@ -60,6 +70,9 @@ ABLATION_SWITCHES = ("use_intra", "use_inter", "use_contrastive", "use_task_guid
 # computes: passed on to every run but left out of its record key, so that a
 # rerun on another device or with other logging finds its records.
 UNKEYED_SETTINGS = ("show_progress", "state", "use_gpu", "gpu_id", "checkpoint_dir", "log_wandb")
+
+# How often a process whose remaining runs are claimed by others looks for their records.
+POLL_SECONDS = 2
 
 COMPARISON_FLAGS = ("--seeds", "--missing_rates", "--ablation", "--results", "--table", "--table-only", "--table_only")
 
@@ -182,15 +195,27 @@ def machine():
     return text
 
 
+def run_config_dict(run):
+    """The ``config_dict`` a planned run is trained with."""
+    return {**run["settings"], **run["overrides"], "seed": run["seed"], "missing_rate": run["missing_rate"]}
+
+
+def run_fingerprint(run):
+    r"""The :func:`recbole_ci2mg.data.fingerprint.data_fingerprint` of the data a planned run reads."""
+    config = build_config(run["model"], run["dataset"], run["config_files"] or None, run_config_dict(run))
+    return data_fingerprint(config)
+
+
 def train(run, results):
     r"""Train and test one planned run through :func:`recbole_ci2mg.quick_start.run_recbole`; its record.
 
-    The per-user test scores the trainer kept are written beside ``results``.
+    The per-user test scores the trainer kept are written beside ``results``;
+    the record's ``data_fingerprint`` is that of the data as it is when the run ends.
     """
-    config_dict = {**run["settings"], **run["overrides"], "seed": run["seed"], "missing_rate": run["missing_rate"]}
     start = perf_counter()
     result = run_recbole(
-        run["model"], run["dataset"], config_file_list=run["config_files"] or None, config_dict=config_dict, saved=True
+        run["model"], run["dataset"], config_file_list=run["config_files"] or None, config_dict=run_config_dict(run),
+        saved=True,
     )
     record = {key: run[key] for key in ("dataset", "model", "seed", "missing_rate", "overrides", "config_files")}
     record.update(
@@ -202,29 +227,109 @@ def train(run, results):
         wall_seconds=perf_counter() - start,
         machine=machine(),
         saved_model_file=result.get("saved_model_file"),
+        data_fingerprint=run_fingerprint(run),
     )
     per_user = getattr(result["test_result"], "per_user", None)
     record["per_user_file"] = save_per_user(results, record, per_user) if per_user else None
     return record
 
 
+def describe_run(run):
+    return f"{run['model']} seed {run['seed']} missing {run['missing_rate']:g} {run['overrides'] or ''}".rstrip()
+
+
+def check_data(runs, records, results):
+    r"""Refuse records of ``runs`` trained on other data than the dataset holds now.
+
+    Compares each record's ``data_fingerprint`` with the data its run reads
+    now. Records written before fingerprints were kept cannot be checked; they
+    are reused as before, with a warning.
+
+    Raises:
+        ResultsFileError: a record's data differs, saying how to keep both results.
+    """
+    changed, unverified = [], []
+    for run in runs:
+        record = records.get(record_key(run))
+        if record is None:
+            continue
+        if record.get("data_fingerprint") is None:
+            unverified.append(run)
+            continue
+        changes = fingerprint_changes(record["data_fingerprint"], run_fingerprint(run))
+        if changes:
+            changed.append((run, changes))
+    if changed:
+        run, changes = changed[0]
+        others = f" (and {len(changed) - 1} more run(s) of this comparison)" if len(changed) > 1 else ""
+        keep = Path(results).with_name(Path(results).stem + "-new.jsonl")
+        raise ResultsFileError(
+            f"{results} holds {describe_run(run)}{others} trained on other data than the dataset has now: "
+            f"{'; '.join(changes)}. The comparison stops rather than report old results for the new data. "
+            f"To keep both, run it with another results file (e.g. --results={keep}); to train again in "
+            f"{results}, delete the old records from it."
+        )
+    if unverified:
+        print(
+            f"Warning: {len(unverified)} run(s) of this comparison are reused from {results} without a "
+            f"data_fingerprint (recorded before fingerprints were kept), so whether their dataset changed "
+            f"since cannot be checked; delete their lines to train them again (e.g. {describe_run(unverified[0])}).",
+            file=sys.stderr, flush=True,
+        )
+
+
 def run_comparison(runs, results):
     r"""Train every planned run that ``results`` does not hold yet, appending each record as it finishes.
+
+    Several processes (on one machine or several sharing the folder) may run
+    the same comparison on one results file: each run is claimed before it is
+    trained (:mod:`recbole_ci2mg.claims`), so it is trained and recorded once,
+    and a process whose remaining runs are claimed by others waits for their
+    records (checking every :data:`POLL_SECONDS`) before it returns. Records
+    of other data are refused (:func:`check_data`).
 
     Returns:
         list: the records of ``runs``, in plan order (old and new).
     """
-    done = {record_key(record): record for record in read_records(results)}
-    for number, run in enumerate(runs, start=1):
-        key = record_key(run)
-        what = f"{run['model']} seed {run['seed']} missing {run['missing_rate']:g} {run['overrides'] or ''}"
-        if key in done:
-            print(f"[{number}/{len(runs)}] {what}: in {results}, skipped", flush=True)
-            continue
-        record = train(run, results)
-        append_record(results, record)
-        done[key] = record
-        print(f"[{number}/{len(runs)}] {what}: test {record['test']}", flush=True)
+    with locked(results):
+        done = {record_key(record): record for record in read_records(results)}
+    check_data(runs, done, results)
+    pending = list(enumerate(runs, start=1))
+    waiting = set()
+    while pending:
+        left = []
+        for number, run in pending:
+            key, what = record_key(run), f"[{number}/{len(runs)}] {describe_run(run)}"
+            with locked(results):
+                recorded = {record_key(record): record for record in read_records(results)}
+                claim, holder, stale = (None, None, None) if key in recorded else take_claim(results, key)
+            if key in recorded:
+                if key in done:
+                    print(f"{what}: in {results}, skipped", flush=True)
+                else:  # recorded by another process since this one started
+                    check_data([run], recorded, results)
+                    print(f"{what}: recorded by another process", flush=True)
+                done[key] = recorded[key]
+            elif claim is None:
+                if key not in waiting:
+                    print(f"{what}: being trained by {describe(holder)}; waiting for its record", flush=True)
+                    waiting.add(key)
+                left.append((number, run))
+            else:
+                if holder is not None:
+                    print(f"{what}: taking over the claim of {describe(holder)} ({stale})", flush=True)
+                with claim:
+                    record = train(run, results)
+                    written = append_record(results, record)
+                if not written:
+                    print(f"{what}: recorded by another process meanwhile; this result was not written",
+                          file=sys.stderr, flush=True)
+                    record = {record_key(other): other for other in read_records(results)}[key]
+                done[key] = record
+                print(f"{what}: test {record['test']}", flush=True)
+        pending = left
+        if pending:
+            time.sleep(POLL_SECONDS)
     return [done[record_key(run)] for run in runs]
 
 
@@ -325,7 +430,10 @@ def main(argv=None):
         # (and read this command's own flags as config keys): every setting
         # goes through config_dict instead.
         with mock.patch.object(sys, "argv", sys.argv[:1]):
-            records = run_comparison(runs, results)
+            try:
+                records = run_comparison(runs, results)
+            except ResultsFileError as error:
+                parser.error(str(error))
     text, paths = write_tables(records, table_prefix(args, results), results)
     print(text)
     print("Written: " + ", ".join(map(str, paths)))

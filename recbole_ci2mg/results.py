@@ -4,19 +4,28 @@ A record holds what a run was (``dataset``, ``model``, ``seed``,
 ``missing_rate``, ``overrides``: the config settings that change what it
 computes, ``config_files``) and what it gave (``test`` and ``valid`` metrics,
 ``best_epoch``, ``epochs_trained``, ``train_epoch_seconds``, ``wall_seconds``,
-``machine``, ``saved_model_file``). Its per-user test scores are in a sidecar
+``machine``, ``saved_model_file``) and what it read (``data_fingerprint``:
+:func:`recbole_ci2mg.data.fingerprint.data_fingerprint`; absent from records
+written before it was kept). Its per-user test scores are in a sidecar
 ``<results stem>.per_user/<run>.npz`` named by ``per_user_file`` (relative to
 the results file's folder); records written before per-user scores existed
 have none, and the tables say so.
 """
 
+import contextlib
+import fcntl
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import numpy as np
 
 REQUIRED_FIELDS = ("dataset", "model", "seed", "missing_rate", "test")
+
+
+class ResultsFileError(ValueError):
+    """A results file that cannot be used as it is: a line that is not a record, or a record of other data."""
 
 
 def record_key(record):
@@ -38,8 +47,61 @@ def record_key(record):
     )
 
 
+def _is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_name(value):
+    return isinstance(value, str) and value != ""
+
+
+# What each field of a record must hold (optional fields may also be null),
+# as the runner and the tables read it.
+FIELD_CHECKS = {
+    "dataset": (_is_name, "a name"),
+    "model": (_is_name, "a name"),
+    "seed": (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
+    "missing_rate": (lambda v: _is_number(v) and 0 <= v <= 1, "a number in [0, 1]"),
+    "test": (lambda v: isinstance(v, dict) and all(_is_number(x) for x in v.values()),
+             "metrics (a mapping of metric names to numbers)"),
+    "valid": (lambda v: isinstance(v, dict), "a mapping of metric names to numbers"),
+    "overrides": (lambda v: isinstance(v, dict), "a mapping of config keys to values"),
+    "config_files": (lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v), "a list of file names"),
+    "per_user_file": (_is_name, "a file name"),
+    "data_fingerprint": (lambda v: isinstance(v, dict) and all(isinstance(x, str) for x in v.values()),
+                         "a mapping of data files to their hashes"),
+    "best_epoch": (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
+    "train_epoch_seconds": (_is_number, "a number"),
+}
+JSON_TYPES = {int: "number", float: "number", str: "string", list: "array", bool: "boolean", type(None): "null"}
+
+
+def check_record(record, where):
+    r"""Raise :class:`ResultsFileError`, naming ``where`` (file and line), unless ``record`` is a well-formed record."""
+    fix = "correct or delete that line (a deleted run is trained again)"
+    if not isinstance(record, dict):
+        raise ResultsFileError(
+            f"{where}, is a JSON {JSON_TYPES.get(type(record), type(record).__name__)}, not a record: each "
+            f"line of a results file is a JSON object with {', '.join(REQUIRED_FIELDS)}; {fix}."
+        )
+    missing = [field for field in REQUIRED_FIELDS if field not in record]
+    if missing:
+        raise ResultsFileError(
+            f"{where}, lacks the field(s) {', '.join(missing)} every record "
+            f"needs ({', '.join(REQUIRED_FIELDS)}); it was not written by recbole_ci2mg.compare: {fix}."
+        )
+    for field, (valid, expected) in FIELD_CHECKS.items():
+        value = record.get(field)
+        if (value is not None or field in REQUIRED_FIELDS) and not valid(value):
+            raise ResultsFileError(f"{where}: {field} is {value!r}, not {expected}; {fix}.")
+
+
 def read_records(path):
-    r"""The records of the results file ``path``, in file order; [] when it does not exist yet."""
+    r"""The records of the results file ``path``, in file order; [] when it does not exist yet.
+
+    Raises:
+        ResultsFileError: a line is not a record (naming the file, the line and what is wrong).
+    """
     path = Path(path)
     if not path.exists():
         return []
@@ -50,26 +112,51 @@ def read_records(path):
         try:
             record = json.loads(line)
         except json.JSONDecodeError as error:
-            raise ValueError(
+            raise ResultsFileError(
                 f"{path}, line {number}, is not a JSON record ({error.msg}). Delete that line "
                 f"(a run cut off while writing it); the run will be trained again."
             ) from None
-        missing = [field for field in REQUIRED_FIELDS if field not in record]
-        if missing:
-            raise ValueError(
-                f"{path}, line {number}, lacks the field(s) {', '.join(missing)} every record "
-                f"needs ({', '.join(REQUIRED_FIELDS)}); it was not written by recbole_ci2mg.compare."
-            )
+        check_record(record, f"{path}, line {number}")
         records.append(record)
     return records
 
 
-def append_record(path, record):
-    r"""Add one record to the results file, as soon as its run is done."""
+@contextlib.contextmanager
+def locked(path):
+    r"""Hold an exclusive ``flock`` of the results file ``path`` (created empty if absent).
+
+    Comparison processes sharing a results file take it to read the file and
+    claim a run (:mod:`recbole_ci2mg.claims`), and to append a record, so that
+    what one sees is never half of another's change. Not re-entrant.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as f:
-        f.write(json.dumps(record) + "\n")
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield fd
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def append_record(path, record):
+    r"""Add one record to the results file, as soon as its run is done.
+
+    The line is written whole by one ``os.write`` in append mode, under
+    :func:`locked`; a record of the same run (same :func:`record_key`) already
+    in the file is kept and this one is not written.
+
+    Returns:
+        bool: whether the record was written.
+    """
+    line = (json.dumps(record) + "\n").encode()
+    key = record_key(record)
+    with locked(path) as fd:
+        if any(record_key(other) == key for other in read_records(path)):
+            return False
+        if os.write(fd, line) != len(line):
+            raise OSError(f"{path}: the record of {record['model']} seed {record['seed']} was cut off while writing.")
+    return True
 
 
 def per_user_folder(results):
@@ -93,7 +180,8 @@ def save_per_user(results, record, per_user):
     folder.mkdir(parents=True, exist_ok=True)
     digest = hashlib.sha1(record_key(record).encode()).hexdigest()[:10]
     stem = f"{record['model']}-seed{record['seed']}-rate{record['missing_rate']}-{digest}"
-    taken = {other.get("per_user_file") for other in read_records(results)}
+    with locked(results):
+        taken = {other.get("per_user_file") for other in read_records(results)}
     name, attempt = f"{stem}.npz", 1
     while f"{folder.name}/{name}" in taken:
         name, attempt = f"{stem}-{attempt}.npz", attempt + 1

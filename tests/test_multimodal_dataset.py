@@ -1,5 +1,7 @@
 """The multimodal data layer: alignment, masks, imputation and bad input."""
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -231,3 +233,18 @@ def test_benchmark_split_shift_is_refused(tiny):
     dataset.inter_feat = dataset.inter_feat.iloc[1:]  # as a row-dropping option would
     with pytest.raises(ValueError, match=r"tiny\.train\.inter.*shift"):
         dataset.build()
+
+
+def test_a_mask_is_written_whole_and_readable_by_all_or_not_at_all(tmp_path, monkeypatch):
+    path = tmp_path / "m.mask"
+    save_masks(path, ["1", "2"], {"v": np.ones(2, bool)})
+    assert path.stat().st_mode & 0o777 == 0o644  # other users of a shared dataset read it too
+
+    def disk_full(*args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", disk_full)
+    with pytest.raises(OSError):
+        save_masks(path, ["1", "2"], {"v": np.zeros(2, bool)})
+    assert load_masks(path, ["1", "2"], ["v"])["v"].tolist() == [True, True]
+    assert [p.name for p in tmp_path.iterdir()] == ["m.mask"]

@@ -8,10 +8,11 @@ every model of a comparison, and every rerun, sees the same mask.
 """
 
 import os
-import tempfile
 import zlib
 
 import numpy as np
+
+from recbole_ci2mg.files import atomic_write
 
 MISSING_MODES = ("independent", "item")
 
@@ -108,17 +109,8 @@ def save_masks(path, item_tokens, observed):
     columns = [observed[name].astype(np.int8) for name in names]
     for i, token in enumerate(item_tokens):
         lines.append("\t".join([str(token)] + [str(col[i]) for col in columns]))
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".mask-")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write("\n".join(lines) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic_write(path) as f:
+        f.write("\n".join(lines) + "\n")
 
 
 def load_masks(path, item_tokens, modality_names):

@@ -11,11 +11,12 @@ builder version, so a graph drawn under another mask is never reused.
 
 import hashlib
 import os
-import tempfile
 from logging import getLogger
 
 import numpy as np
 import torch
+
+from recbole_ci2mg.files import atomic_write
 
 CACHE_VERSION = "knn-v1"  # bump when the builder's output changes
 DENSE_BLOCK_ELEMENTS = 1 << 24  # similarity entries per chunk (64 MiB in float32)
@@ -125,23 +126,9 @@ def cached_knn_neighbours(features, observed, k, cache_dir=None, name="features"
     neighbours = knn_neighbours(items, k)
     if path is not None:
         try:
-            save_atomic(path, neighbours=neighbours.numpy().astype(np.int64))
+            with atomic_write(path, "wb") as stream:
+                np.savez(stream, neighbours=neighbours.numpy().astype(np.int64))
             logger.info(f"kNN graph of {name} cached in {path}")
         except OSError as error:
             logger.warning(f"Could not cache the kNN graph of {name} in {cache_dir}: {error}")
     return neighbours, path, False
-
-
-def save_atomic(path, **arrays):
-    """``np.savez`` to a temporary file in the same folder, then ``os.replace`` onto ``path``."""
-    folder = os.path.dirname(path) or "."
-    os.makedirs(folder, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=folder)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            np.savez(stream, **arrays)
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
