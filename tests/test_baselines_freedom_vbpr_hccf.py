@@ -86,12 +86,14 @@ def test_full_sort_matches_predict_and_its_cache_is_cleared_by_training(tiny, na
 
     model.eval()
     full, pointwise = both_scores(model)
-    torch.testing.assert_close(full, pointwise, rtol=1e-4, atol=1e-5)
+    # float32: a matrix product and an elementwise sum add in different orders
+    # (and CPU kernels differ between machines); HCCF's scores reach ~10 here.
+    torch.testing.assert_close(full, pointwise, rtol=1e-3, atol=1e-5)
 
     train_step(model, optimizer, batch)
     model.eval()
     full_after, pointwise_after = both_scores(model)
-    torch.testing.assert_close(full_after, pointwise_after, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(full_after, pointwise_after, rtol=1e-3, atol=1e-5)
     assert not torch.allclose(full_after, full)  # not the scores cached before the step
 
 
