@@ -30,6 +30,7 @@ import sys
 from collections import OrderedDict
 from pathlib import Path
 
+import numpy as np
 from recbole.trainer import HyperTuning
 from recbole.utils.utils import dict2str
 
@@ -480,21 +481,13 @@ def sensitivity(
 
 
 def _summarise(value, runs):
-    def mean_std(numbers):
-        mean = sum(numbers) / len(numbers)
-        std = (sum((x - mean) ** 2 for x in numbers) / (len(numbers) - 1)) ** 0.5 if len(numbers) > 1 else 0.0
-        return mean, std
-
-    valid_mean, valid_std = mean_std([run["valid"] for run in runs])
-    test_mean, test_std = mean_std([run["test"] for run in runs])
-    return {
-        "value": value,
-        "seeds": len(runs),
-        "valid_mean": valid_mean,
-        "valid_std": valid_std,
-        "test_mean": test_mean,
-        "test_std": test_std,
-    }
+    summary = {"value": value, "seeds": len(runs)}
+    for split in ("valid", "test"):
+        scores = [run[split] for run in runs]
+        summary[f"{split}_mean"] = float(np.mean(scores))
+        # sample standard deviation over seeds, as the comparison tables; 0 for one seed
+        summary[f"{split}_std"] = float(np.std(scores, ddof=1)) if len(scores) > 1 else 0.0
+    return summary
 
 
 def _write_runs_csv(runs, key, metric, path):
