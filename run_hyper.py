@@ -20,20 +20,10 @@ import argparse
 from pathlib import Path
 
 from recbole_ci2mg.data import EMBEDDED_DATASET
-from recbole_ci2mg.tuning import ALGOS, TOOLS, format_best, parse_sweep, sensitivity, strip_command_line, tune
+from recbole_ci2mg.settings import parse_overrides
+from recbole_ci2mg.tuning import ALGOS, TOOLS, format_best, parse_sweep, sensitivity, tune
 
 DEFAULT_MODEL = "CI2MG"
-
-
-def parse_overrides(arguments, parser):
-    """``--key=value`` arguments as a config dict of strings, which RecBole's Config converts."""
-    overrides = {}
-    for argument in arguments:
-        key, sep, value = argument[2:].partition("=") if argument.startswith("--") else ("", "", "")
-        if not key or not sep or "=" in value:
-            parser.error(f"unrecognised argument {argument!r}: config settings are given as --key=value.")
-        overrides[key] = value
-    return overrides
 
 
 def main():
@@ -56,9 +46,11 @@ def main():
     parser.add_argument("--sensitivity", default=None, help="KEY:V1,V2,... sweep one setting instead of searching")
     parser.add_argument("--seeds", default=None, help="training seeds of the sweep, e.g. 2020,2021,2022")
     args, rest = parser.parse_known_args()
-    strip_command_line()  # settings reach RecBole through config_dict, see strip_command_line
-    overrides = parse_overrides(rest, parser)
     config_file_list = args.config_files.strip().split(" ") if args.config_files else None
+    try:
+        overrides = parse_overrides(rest)
+    except ValueError as error:
+        parser.error(str(error))
 
     if args.sensitivity:
         try:

@@ -26,13 +26,11 @@ of each run's record key, as ``--seed`` and ``--missing_rate`` are.
 """
 
 import argparse
-import ast
 import os
 import platform
 import sys
 from pathlib import Path
 from time import perf_counter
-from unittest import mock
 
 import torch
 
@@ -45,6 +43,7 @@ from recbole_ci2mg.results import (
     record_key,
     save_per_user,
 )
+from recbole_ci2mg.settings import parse_overrides
 from recbole_ci2mg.tables import write_tables
 
 DEFAULT_MODEL = "CI2MG"
@@ -105,33 +104,6 @@ def _no_repeats(values, flag):
     if repeated:
         raise ValueError(f"{flag} lists {', '.join(map(str, repeated))} more than once.")
     return values
-
-
-def config_value(text):
-    r"""A command-line value as RecBole's ``Config`` reads it.
-
-    RecBole ``eval``\ s the string and falls back on true/false and the plain
-    string; ``ast.literal_eval`` reads the same literals (numbers, lists,
-    dicts, True/False/None) without running code.
-    """
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return {"true": True, "false": False}.get(text.lower(), text)
-
-
-def parse_overrides(args):
-    r"""``["--epochs=2", "--reg_weight=1e-4"]`` -> ``{"epochs": 2, "reg_weight": 0.0001}``."""
-    overrides = {}
-    for arg in args:
-        key, sep, value = arg[2:].partition("=")
-        if not arg.startswith("--") or not sep or not key:
-            raise ValueError(
-                f"Unrecognised argument '{arg}': config overrides are written --key=value "
-                f"(run with -h for the comparison options)."
-            )
-        overrides[key] = config_value(value)
-    return overrides
 
 
 def ablation_variants():
@@ -320,12 +292,7 @@ def main(argv=None):
     except (ValueError, FileNotFoundError) as error:
         parser.error(str(error))
     if not args.table_only:
-        # RecBole's Config reads --key=value from sys.argv and ranks it above
-        # config_dict, which would override each run's seed and missing rate
-        # (and read this command's own flags as config keys): every setting
-        # goes through config_dict instead.
-        with mock.patch.object(sys, "argv", sys.argv[:1]):
-            records = run_comparison(runs, results)
+        records = run_comparison(runs, results)
     text, paths = write_tables(records, table_prefix(args, results), results)
     print(text)
     print("Written: " + ", ".join(map(str, paths)))

@@ -20,7 +20,13 @@ from recbole.data import data_preparation
 from recbole.data.transform import construct_transform
 from recbole.utils import ModelType, get_environment, get_flops, init_logger, init_seed, set_color
 
-from recbole_ci2mg.compat import load_checkpoint, make_output_dirs, patch_distributed, register_dataset_arguments
+from recbole_ci2mg.compat import (
+    ConfigWithoutCommandLine,
+    load_checkpoint,
+    make_output_dirs,
+    patch_distributed,
+    register_dataset_arguments,
+)
 from recbole_ci2mg.data import MultimodalDataset
 from recbole_ci2mg.registry import get_model
 from recbole_ci2mg.trainer import get_trainer
@@ -47,10 +53,17 @@ def properties_files(model_name, dataset):
 
 
 def build_config(model, dataset, config_file_list=None, config_dict=None):
-    """A RecBole ``Config`` for a plugin or built-in model, with the project's properties."""
+    r"""A RecBole ``Config`` for a plugin or built-in model, with the project's properties.
+
+    Settings come from the files and ``config_dict`` only, never from the
+    process command line (see :class:`recbole_ci2mg.compat.ConfigWithoutCommandLine`).
+    """
     model_class = get_model(model)
     files = properties_files(model_class.__name__, dataset) + list(config_file_list or [])
-    return Config(model=model_class, dataset=dataset, config_file_list=files, config_dict=config_dict)
+    config = ConfigWithoutCommandLine(
+        model=model_class, dataset=dataset, config_file_list=files, config_dict=config_dict
+    )
+    return config
 
 
 def create_dataset(config):

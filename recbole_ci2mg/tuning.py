@@ -26,7 +26,6 @@ import ast
 import csv
 import json
 import os
-import sys
 from collections import OrderedDict
 from pathlib import Path
 
@@ -34,9 +33,9 @@ import numpy as np
 from recbole.trainer import HyperTuning
 from recbole.utils.utils import dict2str
 
-from recbole_ci2mg.compare import config_value
 from recbole_ci2mg.compat import best_trial
 from recbole_ci2mg.quick_start import PROPERTIES_DIR, build_config, objective_function
+from recbole_ci2mg.settings import config_value
 
 # parameter type -> (number of comma-separated numbers, example); "choice" takes a list
 PARAM_TYPES = {
@@ -357,7 +356,6 @@ def _ray_trial(config, base, config_file_list, cwd):
     # Ray starts function trials in their own log folder; relative data_path
     # and checkpoint_dir mean the driver's folder, as in a Hyperopt run.
     os.chdir(cwd)
-    strip_command_line()  # the Ray worker's own flags are not RecBole settings
     record = _trial_record(config, objective_function({**base, **config}, config_file_list or None))
     session.report({key: record[key] for key in ("valid_score", "valid_result", "test_result")})
 
@@ -545,16 +543,3 @@ def _plot_sweep(summary, key, metric_name, model, dataset, path):
     figure.savefig(path, dpi=150)
     return path
 
-
-def strip_command_line():
-    r"""Empty ``sys.argv`` past the program name; returns what was there.
-
-    RecBole's ``Config`` reads ``--key=value`` from the command line and ranks
-    it above ``config_dict``, so a trial's searched value would lose to the
-    same key on the command line, and the tuning flags themselves would land
-    in every config. ``run_hyper.py`` passes the overrides on in
-    ``config_dict`` instead, as Ray's worker processes need anyway.
-    """
-    argv = sys.argv[1:]
-    del sys.argv[1:]
-    return argv

@@ -217,10 +217,10 @@ def test_run_hyper_command_line(disagreeing, lr_space, tmp_path):
     assert "best params (2 trials, selected on valid Recall@20): learning_rate:0.05" in done.stdout
     saved = json.loads((tmp_path / "cli.result.json").read_text())
     # --seed is a setting, not an abbreviation of --seeds
-    assert saved["fixed"] == {"epochs": "2", "seed": "2021"} and saved["best"]["params"] == {"learning_rate": 0.05}
+    assert saved["fixed"] == {"epochs": 2, "seed": 2021} and saved["best"]["params"] == {"learning_rate": 0.05}
 
     bad = subprocess.run(command + ["stray"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert bad.returncode == 2 and "unrecognised argument 'stray'" in bad.stderr
+    assert bad.returncode == 2 and "Unrecognised argument 'stray'" in bad.stderr
 
 
 def test_ray_tune_selects_on_valid_like_hyperopt(disagreeing, lr_space):
