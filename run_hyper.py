@@ -13,13 +13,16 @@ the values of one setting, as a PNG, a CSV and a Markdown table:
 
     python run_hyper.py --model=CI2MG --dataset=tiktok --sensitivity=n_prototypes:16,32,64,128,256 --seeds=2020,2021
 
-Any other --key=value is a config setting fixed for every trial.
+Any other --key=value is a config setting fixed for every trial; a key that
+no config file, model, dataset or RecBole default knows is refused (declare
+new keys with extra_keys, see README).
 """
 
 import argparse
 from pathlib import Path
 
 from recbole_ci2mg.data import EMBEDDED_DATASET
+from recbole_ci2mg.quick_start import build_config
 from recbole_ci2mg.settings import parse_overrides
 from recbole_ci2mg.tuning import ALGOS, TOOLS, format_best, parse_sweep, sensitivity, tune
 
@@ -49,6 +52,7 @@ def main():
     config_file_list = args.config_files.strip().split(" ") if args.config_files else None
     try:
         overrides = parse_overrides(rest)
+        build_config(args.model, args.dataset, config_file_list, dict(overrides))  # refuses unknown keys
     except ValueError as error:
         parser.error(str(error))
 

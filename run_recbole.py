@@ -5,7 +5,9 @@
     python run_recbole.py --model=LightGCN --dataset=ml-100k-mm --nproc=2    # RecBole's DDP mode
 
 ``--key=value`` arguments other than the ones below override any config key,
-as in RecBole.
+as in RecBole; a key that no config file, model, dataset or RecBole default
+knows is refused as a likely typo (declare new keys with ``extra_keys``, see
+README).
 
 With ``--seeds``, ``--missing_rates``, ``--ablation``, ``--results``,
 ``--table`` or ``--table-only`` it runs a comparison instead, resumable and
@@ -22,7 +24,7 @@ import sys
 
 from recbole_ci2mg import compare
 from recbole_ci2mg.data import EMBEDDED_DATASET
-from recbole_ci2mg.quick_start import run_recbole_distributed, run_recbole_group
+from recbole_ci2mg.quick_start import build_config, run_recbole_distributed, run_recbole_group
 from recbole_ci2mg.settings import parse_overrides
 
 DEFAULT_MODEL = "CI2MG"
@@ -65,6 +67,8 @@ def main():
     config_file_list = args.config_files.strip().split(" ") if args.config_files else None
     try:
         overrides = parse_overrides(rest)
+        for name in models:  # every model's settings, before the first one trains
+            build_config(name, args.dataset, config_file_list, dict(overrides))
     except ValueError as error:
         parser.error(str(error))
     if args.nproc > 1 or args.world_size > 1:

@@ -22,7 +22,9 @@ command and go to ``--table=PREFIX`` (``PREFIX.md``, ``.csv``, ``.tex``, and
 training (``--model`` then picks and orders the models shown).
 
 Any other ``--key=value`` overrides that config key for every run and is part
-of each run's record key, as ``--seed`` and ``--missing_rate`` are.
+of each run's record key, as ``--seed`` and ``--missing_rate`` are. Every model
+of the comparison must know it (:mod:`recbole_ci2mg.settings`), and a
+``--mask_file`` excludes a missing rate: both are checked before the first run.
 """
 
 import argparse
@@ -35,7 +37,8 @@ from time import perf_counter
 import torch
 
 from recbole_ci2mg.data import EMBEDDED_DATASET
-from recbole_ci2mg.quick_start import run_recbole
+from recbole_ci2mg.data.masks import check_mask_source
+from recbole_ci2mg.quick_start import build_config, run_recbole
 from recbole_ci2mg.registry import get_model
 from recbole_ci2mg.results import (
     append_record,
@@ -248,8 +251,12 @@ def plan_from_args(args, rest):
     for file in config_files:
         if not Path(file).is_file():
             raise ValueError(f"--config_files: {file} does not exist.")
-    return plan_runs(args.dataset or EMBEDDED_DATASET, models, seeds, rates, overrides, variants, settings,
-                     config_files)
+    dataset = args.dataset or EMBEDDED_DATASET
+    for model in models:  # every model's settings, before the first run trains
+        config = build_config(model, dataset, config_files, {**settings, **overrides, **(variants[-1] or {})})
+        for rate in rates:
+            check_mask_source(config["mask_file"], rate)
+    return plan_runs(dataset, models, seeds, rates, overrides, variants, settings, config_files)
 
 
 def default_results(dataset, ablation):

@@ -34,8 +34,9 @@ from recbole.trainer import HyperTuning
 from recbole.utils.utils import dict2str
 
 from recbole_ci2mg.compat import best_trial
+from recbole_ci2mg.data.masks import check_mask_source
 from recbole_ci2mg.quick_start import PROPERTIES_DIR, build_config, objective_function
-from recbole_ci2mg.settings import config_value
+from recbole_ci2mg.settings import config_value, refuse_unknown_keys
 
 # parameter type -> (number of comma-separated numbers, example); "choice" takes a list
 PARAM_TYPES = {
@@ -122,8 +123,11 @@ def check_settings(model, dataset, names, source, config_file_list=None, config_
     r"""Refuse setting names the model's config does not know, or that are fixed elsewhere.
 
     RecBole accepts any key and silently ignores an unknown one, so a typo in a
-    params file (``n_prototype``) would run every trial with the default.
-    Returns the model's ``Config`` (built without loading data).
+    params file (``n_prototype``) would run every trial with the default
+    (:func:`recbole_ci2mg.settings.refuse_unknown_keys` checks the searched
+    names and the fixed keys alike). A fixed ``mask_file`` with a
+    ``missing_rate`` is refused too. Returns the model's ``Config`` (built
+    without loading data).
     """
     fixed = dict(config_dict or {})
     for name in names:
@@ -136,14 +140,9 @@ def check_settings(model, dataset, names, source, config_file_list=None, config_
                 f"{source}: '{name}' is searched and also fixed to {fixed[name]!r} (command line or "
                 f"config_dict); drop one of them."
             )
-    config = build_config(model, dataset, config_file_list, fixed)
-    unknown = [name for name in names if name not in config.final_config_dict]
-    if unknown:
-        raise ValueError(
-            f"{source}: {', '.join(unknown)} is not a setting of {config['model']} (not in its model YAML, "
-            f"RecBole's defaults, the dataset's YAML or your config files). Check the spelling against "
-            f"properties/model/{config['model']}.yaml or RecBole's docs."
-        )
+    config = build_config(model, dataset, config_file_list, fixed)  # refuses unknown fixed keys
+    refuse_unknown_keys(config, names, source)
+    check_mask_source(config["mask_file"], config["missing_rate"])
     return config
 
 
