@@ -13,27 +13,20 @@ the values of one setting, as a PNG, a CSV and a Markdown table:
 
     python run_hyper.py --model=CI2MG --dataset=tiktok --sensitivity=n_prototypes:16,32,64,128,256 --seeds=2020,2021
 
-Any other --key=value is a config setting fixed for every trial.
+Any other --key=value is a config setting fixed for every trial; a key that
+no config file, model, dataset or RecBole default knows is refused (declare
+new keys with extra_keys, see README).
 """
 
 import argparse
 from pathlib import Path
 
 from recbole_ci2mg.data import EMBEDDED_DATASET
-from recbole_ci2mg.tuning import ALGOS, TOOLS, format_best, parse_sweep, sensitivity, strip_command_line, tune
+from recbole_ci2mg.quick_start import build_config
+from recbole_ci2mg.settings import parse_overrides
+from recbole_ci2mg.tuning import ALGOS, TOOLS, format_best, parse_sweep, sensitivity, tune
 
 DEFAULT_MODEL = "CI2MG"
-
-
-def parse_overrides(arguments, parser):
-    """``--key=value`` arguments as a config dict of strings, which RecBole's Config converts."""
-    overrides = {}
-    for argument in arguments:
-        key, sep, value = argument[2:].partition("=") if argument.startswith("--") else ("", "", "")
-        if not key or not sep or "=" in value:
-            parser.error(f"unrecognised argument {argument!r}: config settings are given as --key=value.")
-        overrides[key] = value
-    return overrides
 
 
 def main():
@@ -56,9 +49,12 @@ def main():
     parser.add_argument("--sensitivity", default=None, help="KEY:V1,V2,... sweep one setting instead of searching")
     parser.add_argument("--seeds", default=None, help="training seeds of the sweep, e.g. 2020,2021,2022")
     args, rest = parser.parse_known_args()
-    strip_command_line()  # settings reach RecBole through config_dict, see strip_command_line
-    overrides = parse_overrides(rest, parser)
     config_file_list = args.config_files.strip().split(" ") if args.config_files else None
+    try:
+        overrides = parse_overrides(rest)
+        build_config(args.model, args.dataset, config_file_list, dict(overrides))  # refuses unknown keys
+    except ValueError as error:
+        parser.error(str(error))
 
     if args.sensitivity:
         try:

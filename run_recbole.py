@@ -5,7 +5,9 @@
     python run_recbole.py --model=LightGCN --dataset=ml-100k-mm --nproc=2    # RecBole's DDP mode
 
 ``--key=value`` arguments other than the ones below override any config key,
-exactly as in RecBole (RecBole's Config reads them from the command line).
+as in RecBole; a key that no config file, model, dataset or RecBole default
+knows is refused as a likely typo (declare new keys with ``extra_keys``, see
+README).
 
 With ``--seeds``, ``--missing_rates``, ``--ablation``, ``--results``,
 ``--table`` or ``--table-only`` it runs a comparison instead, resumable and
@@ -22,7 +24,8 @@ import sys
 
 from recbole_ci2mg import compare
 from recbole_ci2mg.data import EMBEDDED_DATASET
-from recbole_ci2mg.quick_start import run_recbole_distributed, run_recbole_group
+from recbole_ci2mg.quick_start import build_config, run_recbole_distributed, run_recbole_group
+from recbole_ci2mg.settings import parse_overrides
 
 DEFAULT_MODEL = "CI2MG"
 
@@ -58,17 +61,26 @@ def main():
     parser.add_argument("--ip", default="localhost", help="address of rank 0")
     parser.add_argument("--port", default="5678", help="port of rank 0")
     parser.add_argument("--group_offset", type=int, default=0, help="global rank of this machine's first process")
-    args, _ = parser.parse_known_args()
+    args, rest = parser.parse_known_args()
 
     models = [name.strip() for name in args.model.split(",") if name.strip()]
     config_file_list = args.config_files.strip().split(" ") if args.config_files else None
+    try:
+        overrides = parse_overrides(rest)
+        for name in models:  # every model's settings, before the first one trains
+            build_config(name, args.dataset, config_file_list, dict(overrides))
+    except ValueError as error:
+        parser.error(str(error))
     if args.nproc > 1 or args.world_size > 1:
         distributed = dict(
             nproc=args.nproc, world_size=args.world_size, ip=args.ip, port=args.port, group_offset=args.group_offset
         )
-        results = [run_recbole_distributed(name, args.dataset, config_file_list, **distributed) for name in models]
+        results = [
+            run_recbole_distributed(name, args.dataset, config_file_list, dict(overrides), **distributed)
+            for name in models
+        ]
     else:
-        results = run_recbole_group(models, args.dataset, config_file_list=config_file_list)
+        results = run_recbole_group(models, args.dataset, config_file_list=config_file_list, config_dict=overrides)
     print(format_results(results))
 
 

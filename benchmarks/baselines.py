@@ -13,7 +13,6 @@ everything in ``--out`` is printed at the end.
 import argparse
 import sys
 from pathlib import Path
-from unittest import mock
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -53,8 +52,7 @@ def main():
         for dataset in args.datasets:
             runs = plan_runs(dataset, args.models, [args.seed], [args.missing_rate], settings=settings,
                              model_overrides={model: overrides(dataset, model) for model in args.models})
-            with mock.patch.object(sys, "argv", sys.argv[:1]):  # RecBole's Config would read our flags
-                run_comparison(runs, args.out)
+            run_comparison(runs, args.out)
     print(markdown(summarise(read_records(args.out), args.out)))
 
 

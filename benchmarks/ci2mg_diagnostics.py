@@ -1,24 +1,21 @@
 """Per-epoch diagnostics for CI2MG on tiktok (see benchmarks/results/ci2mg_tiktok_diagnosis.md).
 
-Usage, from a scratch folder: python benchmarks/ci2mg_diagnostics.py EPOCHS key=value ...
+Usage, from a scratch folder: python benchmarks/ci2mg_diagnostics.py EPOCHS --key=value ...
+(--model=NAME picks the model, CI2MG by default; any other --key=value is a config setting).
 """
-import sys, copy, json, time, ast
+import sys, copy, json, time
 from collections import defaultdict
 import torch
 from recbole.utils import init_seed, init_logger
 from recbole.data import data_preparation
 from recbole_ci2mg.quick_start import build_config, create_dataset
 from recbole_ci2mg.registry import get_model
+from recbole_ci2mg.settings import parse_overrides
 from recbole_ci2mg.trainer import get_trainer
 
-epochs = int(sys.argv[1]); model_name = "CI2MG"
-cfg = {"missing_rate": 0.9, "show_progress": False, "epochs": epochs}
-for kv in sys.argv[2:]:
-    k, v = kv.split("=", 1)
-    if k == "model": model_name = v; continue
-    try: v = ast.literal_eval(v)
-    except Exception: pass
-    cfg[k] = v
+epochs = int(sys.argv[1])
+cfg = {"missing_rate": 0.9, "show_progress": False, "epochs": epochs, **parse_overrides(sys.argv[2:])}
+model_name = cfg.pop("model", "CI2MG")
 config = build_config(model_name, "tiktok", config_dict=cfg)
 init_seed(config["seed"], config["reproducibility"]); init_logger(config)
 dataset = create_dataset(config)

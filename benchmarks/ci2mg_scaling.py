@@ -49,7 +49,6 @@ Run from a scratch folder (RecBole may write ``log/``, ``saved/`` into the cwd):
 """
 
 import argparse
-import ast
 import json
 import os
 import platform
@@ -63,6 +62,10 @@ import traceback
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # this checkout's package, in the parent and in every child
+
+from recbole_ci2mg.settings import parse_overrides  # noqa: E402
+
 SHARED = REPO.parent / "shared" / "datasets"
 GIB = 1024 ** 3
 
@@ -86,25 +89,6 @@ OOM_MARKERS = ("can't allocate memory", "cannot allocate memory", "out of memory
 
 
 # ----------------------------------------------------------------------------- cases and keys
-
-
-def parse_value(text):
-    """A ``--key=value`` value as RecBole's command line reads it (literal, else string)."""
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return text
-
-
-def parse_overrides(extra):
-    """``['--a=1', '--b=x']`` -> ``{'a': 1, 'b': 'x'}``; anything else is an error."""
-    overrides = {}
-    for arg in extra:
-        if not arg.startswith("--") or "=" not in arg:
-            raise SystemExit(f"ci2mg_scaling: unrecognised argument {arg!r} (config overrides are --key=value)")
-        key, value = arg[2:].split("=", 1)
-        overrides[key] = parse_value(value)
-    return overrides
 
 
 def ci2mg_only_keys():
@@ -683,8 +667,12 @@ def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["--child"]:
         return child_main(argv[1], argv[2])
-    args, extra = build_parser().parse_known_args(argv)
-    overrides = parse_overrides(extra)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    try:
+        overrides = parse_overrides(extra)
+    except ValueError as error:
+        parser.error(str(error))
     args.workdir = args.workdir or os.getcwd()
     if args.mem_limit_gib is None:
         args.mem_limit_gib = default_mem_limit_gib()

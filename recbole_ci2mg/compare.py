@@ -27,24 +27,25 @@ command and go to ``--table=PREFIX`` (``PREFIX.md``, ``.csv``, ``.tex``, and
 training (``--model`` then picks and orders the models shown).
 
 Any other ``--key=value`` overrides that config key for every run and is part
-of each run's record key, as ``--seed`` and ``--missing_rate`` are.
+of each run's record key, as ``--seed`` and ``--missing_rate`` are. Every model
+of the comparison must know it (:mod:`recbole_ci2mg.settings`), and a
+``--mask_file`` excludes a missing rate: both are checked before the first run.
 """
 
 import argparse
-import ast
 import os
 import platform
 import sys
 from pathlib import Path
 import time
 from time import perf_counter
-from unittest import mock
 
 import torch
 
 from recbole_ci2mg.claims import describe, take_claim
 from recbole_ci2mg.data import EMBEDDED_DATASET
 from recbole_ci2mg.data.fingerprint import data_fingerprint, fingerprint_changes
+from recbole_ci2mg.data.masks import check_mask_source
 from recbole_ci2mg.quick_start import build_config, run_recbole
 from recbole_ci2mg.registry import get_model
 from recbole_ci2mg.results import (
@@ -55,6 +56,7 @@ from recbole_ci2mg.results import (
     record_key,
     save_per_user,
 )
+from recbole_ci2mg.settings import parse_overrides
 from recbole_ci2mg.tables import write_tables
 
 DEFAULT_MODEL = "CI2MG"
@@ -118,33 +120,6 @@ def _no_repeats(values, flag):
     if repeated:
         raise ValueError(f"{flag} lists {', '.join(map(str, repeated))} more than once.")
     return values
-
-
-def config_value(text):
-    r"""A command-line value as RecBole's ``Config`` reads it.
-
-    RecBole ``eval``\ s the string and falls back on true/false and the plain
-    string; ``ast.literal_eval`` reads the same literals (numbers, lists,
-    dicts, True/False/None) without running code.
-    """
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return {"true": True, "false": False}.get(text.lower(), text)
-
-
-def parse_overrides(args):
-    r"""``["--epochs=2", "--reg_weight=1e-4"]`` -> ``{"epochs": 2, "reg_weight": 0.0001}``."""
-    overrides = {}
-    for arg in args:
-        key, sep, value = arg[2:].partition("=")
-        if not arg.startswith("--") or not sep or not key:
-            raise ValueError(
-                f"Unrecognised argument '{arg}': config overrides are written --key=value "
-                f"(run with -h for the comparison options)."
-            )
-        overrides[key] = config_value(value)
-    return overrides
 
 
 def ablation_variants():
@@ -381,8 +356,12 @@ def plan_from_args(args, rest):
     for file in config_files:
         if not Path(file).is_file():
             raise ValueError(f"--config_files: {file} does not exist.")
-    return plan_runs(args.dataset or EMBEDDED_DATASET, models, seeds, rates, overrides, variants, settings,
-                     config_files)
+    dataset = args.dataset or EMBEDDED_DATASET
+    for model in models:  # every model's settings, before the first run trains
+        config = build_config(model, dataset, config_files, {**settings, **overrides, **(variants[-1] or {})})
+        for rate in rates:
+            check_mask_source(config["mask_file"], rate)
+    return plan_runs(dataset, models, seeds, rates, overrides, variants, settings, config_files)
 
 
 def default_results(dataset, ablation):
@@ -425,15 +404,10 @@ def main(argv=None):
     except (ValueError, FileNotFoundError) as error:
         parser.error(str(error))
     if not args.table_only:
-        # RecBole's Config reads --key=value from sys.argv and ranks it above
-        # config_dict, which would override each run's seed and missing rate
-        # (and read this command's own flags as config keys): every setting
-        # goes through config_dict instead.
-        with mock.patch.object(sys, "argv", sys.argv[:1]):
-            try:
-                records = run_comparison(runs, results)
-            except ResultsFileError as error:
-                parser.error(str(error))
+        try:
+            records = run_comparison(runs, results)
+        except ResultsFileError as error:
+            parser.error(str(error))
     text, paths = write_tables(records, table_prefix(args, results), results)
     print(text)
     print("Written: " + ", ".join(map(str, paths)))

@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from logging import getLogger
 
 import torch
+from recbole.config import Config
 
 
 # Config keys with which RecBole's multi-process mode starts a rank (see
@@ -320,3 +321,22 @@ def best_trial(trials, bigger=True):
         if score > best["valid_score"] if bigger else score < best["valid_score"]:
             best = trial
     return best
+
+
+
+class ConfigWithoutCommandLine(Config):
+    r"""RecBole's ``Config``, less its reading of the process command line.
+
+    ``Config._load_cmd_line`` reads every ``--key=value`` of ``sys.argv`` and
+    ranks it above ``config_dict``: a program that builds configs itself (a
+    comparison's runs, a search's trials, a Ray worker, pytest) would have its
+    own flags read as config keys, and a ``--seed`` on its command line would
+    override every run's seed. This subclass reads no command line; the
+    scripts that take RecBole's flags (``run_recbole.py``, ``run_hyper.py``)
+    parse them with :func:`recbole_ci2mg.settings.parse_overrides` and pass
+    them in ``config_dict``, which RecBole converts as it converts the
+    command line.
+    """
+
+    def _load_cmd_line(self):
+        return {}

@@ -20,9 +20,16 @@ from recbole.data import data_preparation
 from recbole.data.transform import construct_transform
 from recbole.utils import ModelType, get_environment, get_flops, init_logger, init_seed, set_color
 
-from recbole_ci2mg.compat import load_checkpoint, make_output_dirs, patch_distributed, register_dataset_arguments
+from recbole_ci2mg.compat import (
+    ConfigWithoutCommandLine,
+    load_checkpoint,
+    make_output_dirs,
+    patch_distributed,
+    register_dataset_arguments,
+)
 from recbole_ci2mg.data import MultimodalDataset
 from recbole_ci2mg.registry import get_model
+from recbole_ci2mg.settings import refuse_unknown_keys
 from recbole_ci2mg.trainer import get_trainer
 
 PROPERTIES_DIR = Path(__file__).resolve().parents[1] / "properties"
@@ -46,11 +53,23 @@ def properties_files(model_name, dataset):
     return [str(path) for path in candidates if path.is_file()]
 
 
-def build_config(model, dataset, config_file_list=None, config_dict=None):
-    """A RecBole ``Config`` for a plugin or built-in model, with the project's properties."""
+def build_config(model, dataset, config_file_list=None, config_dict=None, check_keys=True):
+    r"""A RecBole ``Config`` for a plugin or built-in model, with the project's properties.
+
+    Settings come from the files and ``config_dict`` only, never from the
+    process command line (see :class:`recbole_ci2mg.compat.ConfigWithoutCommandLine`).
+    With ``check_keys``, a ``config_dict`` key that no loaded file, model,
+    dataset or RecBole default knows is an error naming the closest known
+    keys (:func:`recbole_ci2mg.settings.refuse_unknown_keys`).
+    """
     model_class = get_model(model)
     files = properties_files(model_class.__name__, dataset) + list(config_file_list or [])
-    return Config(model=model_class, dataset=dataset, config_file_list=files, config_dict=config_dict)
+    config = ConfigWithoutCommandLine(
+        model=model_class, dataset=dataset, config_file_list=files, config_dict=config_dict
+    )
+    if check_keys:
+        refuse_unknown_keys(config, config.variable_config_dict)
+    return config
 
 
 def create_dataset(config):
@@ -252,7 +271,10 @@ def load_data_and_model(model_file, allow_unsafe_pickle=False):
     if isinstance(saved_config, Config):  # legacy RecBole checkpoint, loaded on request
         config = saved_config
     else:
-        config = build_config(saved_config["model"], saved_config["dataset"], config_dict=saved_config["settings"])
+        # Settings checked when the run was built; keys of its config files are among them.
+        config = build_config(
+            saved_config["model"], saved_config["dataset"], config_dict=saved_config["settings"], check_keys=False
+        )
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)
     dataset = create_dataset(config)

@@ -26,16 +26,17 @@ import ast
 import csv
 import json
 import os
-import sys
 from collections import OrderedDict
 from pathlib import Path
 
+import numpy as np
 from recbole.trainer import HyperTuning
 from recbole.utils.utils import dict2str
 
-from recbole_ci2mg.compare import config_value
 from recbole_ci2mg.compat import best_trial
+from recbole_ci2mg.data.masks import check_mask_source
 from recbole_ci2mg.quick_start import PROPERTIES_DIR, build_config, objective_function
+from recbole_ci2mg.settings import config_value, refuse_unknown_keys
 
 # parameter type -> (number of comma-separated numbers, example); "choice" takes a list
 PARAM_TYPES = {
@@ -122,8 +123,11 @@ def check_settings(model, dataset, names, source, config_file_list=None, config_
     r"""Refuse setting names the model's config does not know, or that are fixed elsewhere.
 
     RecBole accepts any key and silently ignores an unknown one, so a typo in a
-    params file (``n_prototype``) would run every trial with the default.
-    Returns the model's ``Config`` (built without loading data).
+    params file (``n_prototype``) would run every trial with the default
+    (:func:`recbole_ci2mg.settings.refuse_unknown_keys` checks the searched
+    names and the fixed keys alike). A fixed ``mask_file`` with a
+    ``missing_rate`` is refused too. Returns the model's ``Config`` (built
+    without loading data).
     """
     fixed = dict(config_dict or {})
     for name in names:
@@ -136,14 +140,9 @@ def check_settings(model, dataset, names, source, config_file_list=None, config_
                 f"{source}: '{name}' is searched and also fixed to {fixed[name]!r} (command line or "
                 f"config_dict); drop one of them."
             )
-    config = build_config(model, dataset, config_file_list, fixed)
-    unknown = [name for name in names if name not in config.final_config_dict]
-    if unknown:
-        raise ValueError(
-            f"{source}: {', '.join(unknown)} is not a setting of {config['model']} (not in its model YAML, "
-            f"RecBole's defaults, the dataset's YAML or your config files). Check the spelling against "
-            f"properties/model/{config['model']}.yaml or RecBole's docs."
-        )
+    config = build_config(model, dataset, config_file_list, fixed)  # refuses unknown fixed keys
+    refuse_unknown_keys(config, names, source)
+    check_mask_source(config["mask_file"], config["missing_rate"])
     return config
 
 
@@ -356,7 +355,6 @@ def _ray_trial(config, base, config_file_list, cwd):
     # Ray starts function trials in their own log folder; relative data_path
     # and checkpoint_dir mean the driver's folder, as in a Hyperopt run.
     os.chdir(cwd)
-    strip_command_line()  # the Ray worker's own flags are not RecBole settings
     record = _trial_record(config, objective_function({**base, **config}, config_file_list or None))
     session.report({key: record[key] for key in ("valid_score", "valid_result", "test_result")})
 
@@ -480,21 +478,13 @@ def sensitivity(
 
 
 def _summarise(value, runs):
-    def mean_std(numbers):
-        mean = sum(numbers) / len(numbers)
-        std = (sum((x - mean) ** 2 for x in numbers) / (len(numbers) - 1)) ** 0.5 if len(numbers) > 1 else 0.0
-        return mean, std
-
-    valid_mean, valid_std = mean_std([run["valid"] for run in runs])
-    test_mean, test_std = mean_std([run["test"] for run in runs])
-    return {
-        "value": value,
-        "seeds": len(runs),
-        "valid_mean": valid_mean,
-        "valid_std": valid_std,
-        "test_mean": test_mean,
-        "test_std": test_std,
-    }
+    summary = {"value": value, "seeds": len(runs)}
+    for split in ("valid", "test"):
+        scores = [run[split] for run in runs]
+        summary[f"{split}_mean"] = float(np.mean(scores))
+        # sample standard deviation over seeds, as the comparison tables; 0 for one seed
+        summary[f"{split}_std"] = float(np.std(scores, ddof=1)) if len(scores) > 1 else 0.0
+    return summary
 
 
 def _write_runs_csv(runs, key, metric, path):
@@ -552,16 +542,3 @@ def _plot_sweep(summary, key, metric_name, model, dataset, path):
     figure.savefig(path, dpi=150)
     return path
 
-
-def strip_command_line():
-    r"""Empty ``sys.argv`` past the program name; returns what was there.
-
-    RecBole's ``Config`` reads ``--key=value`` from the command line and ranks
-    it above ``config_dict``, so a trial's searched value would lose to the
-    same key on the command line, and the tuning flags themselves would land
-    in every config. ``run_hyper.py`` passes the overrides on in
-    ``config_dict`` instead, as Ray's worker processes need anyway.
-    """
-    argv = sys.argv[1:]
-    del sys.argv[1:]
-    return argv

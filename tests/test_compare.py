@@ -281,6 +281,13 @@ def test_ablation_runs_table_3_rows_cumulatively(monkeypatch):
         (["--ablation", "--use_inter=False"], r"leave out --use_inter"),
         (["--seeds=1", "epochs=2"], r"Unrecognised argument 'epochs=2'.*--key=value"),
         (["--table-only", "--results=absent.jsonl"], r"absent.jsonl holds no records"),
+        (["--missing_rates=0,0.9", "--mask_file=m.mask"],
+         r"mask_file = 'm.mask' and missing_rate = 0.9.*one or the other"),
+        (["--missing_rate=0.5", "--mask_file=m.mask", "--seeds=1"], r"missing_rate = 0.5.*one or the other"),
+        (["--seeds=1", "--model=BPR", "--misssing_rate=0.5"], r"'misssing_rate'.*did you mean missing_rate\b"),
+        (["--seeds=1", "--n_prototype=8"], r"'n_prototype'.*did you mean n_prototypes\b"),
+        (["--seeds=1", "--model=CI2MG,LightGCN", "--cl_wieght=5"], r"'cl_wieght'.*did you mean cl_weight\b"),
+        (["--seeds=1", "--model=CI2MG,LightGCN", "--n_prototypes=8"], r"'n_prototypes' is not a setting of LightGCN"),
     ],
 )
 def test_bad_command_lines_say_what_to_fix(argv, message, capsys, monkeypatch):

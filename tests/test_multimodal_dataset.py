@@ -9,7 +9,7 @@ from recbole.data import data_preparation
 
 from conftest import planted_interactions, warnings_of, write_benchmark
 from recbole_ci2mg.data.masks import draw_observed_masks, load_masks, save_masks
-from recbole_ci2mg.quick_start import build_config, create_dataset
+from recbole_ci2mg.quick_start import build_config, create_dataset, run_recbole
 
 
 def load(settings, **overrides):
@@ -127,6 +127,13 @@ def test_saved_mask_reloads_identically(tiny):
     reloaded = load(tiny, mask_file=drawn.mask_path, missing_rate=0.0)
     for name in ("v", "t"):
         assert torch.equal(drawn.modality_observed[name], reloaded.modality_observed[name])
+
+
+def test_mask_file_with_a_missing_rate_is_refused_in_a_single_run(tiny):
+    drawn = load(tiny, missing_rate=0.5)
+    with pytest.raises(ValueError, match=r"mask_file = .* and missing_rate = 0.5 .*one or the other"):
+        run_recbole("LightGCN", "tiny", config_dict={**tiny, "epochs": 1, "mask_file": drawn.mask_path,
+                                                      "missing_rate": 0.5})
 
 
 # --- bad input ---------------------------------------------------------------

@@ -43,7 +43,7 @@ def test_cases_overrides_and_keys(scaling):
     assert len(set(keys)) == len(keys)
     ci2mg = next(c for c in cases if c["model"] == "CI2MG")
     assert json.loads(scaling.baseline_key(ci2mg))["overrides"] == {"train_batch_size": 4096}
-    with pytest.raises(SystemExit):
+    with pytest.raises(ValueError, match="Unrecognised argument 'stray'"):
         scaling.parse_overrides(["stray"])
 
 

@@ -151,7 +151,8 @@ def test_bad_params_file_line_names_file_line_and_fix(tmp_path, line, message):
 def test_search_refuses_unknown_fixed_or_unenumerable_settings(tiny, tmp_path):
     path = tmp_path / "space.hyper"
     path.write_text("n_prototype choice [16, 32]\n")
-    with pytest.raises(ValueError, match=r"space\.hyper: n_prototype is not a setting of CI2MG"):
+    unknown = r"space\.hyper: 'n_prototype' is not a setting of CI2MG.*did you mean n_prototypes"
+    with pytest.raises(ValueError, match=unknown):
         tune("CI2MG", "tiny", path, config_dict=tiny)
     path.write_text("n_prototypes choice [16, 32]\n")
     with pytest.raises(ValueError, match=r"'n_prototypes' is searched and also fixed to 8"):
@@ -159,6 +160,18 @@ def test_search_refuses_unknown_fixed_or_unenumerable_settings(tiny, tmp_path):
     path.write_text("cl_temperature uniform 0.1,1.0\n")
     with pytest.raises(ValueError, match=r"exhaustive search needs every parameter to be a 'choice'"):
         tune("CI2MG", "tiny", path, algo="exhaustive", config_dict=tiny)
+
+
+def test_fixed_settings_of_a_search_are_checked_before_any_trial(tiny, lr_space, tmp_path, monkeypatch):
+    def no_training(*args, **kwargs):
+        raise AssertionError("a trial ran")
+
+    monkeypatch.setattr(tuning, "objective_function", no_training)
+    with pytest.raises(ValueError, match=r"'cl_wieght' is not a setting of CI2MG.*did you mean cl_weight"):
+        tune("CI2MG", "tiny", lr_space, config_dict={**tiny, "cl_wieght": 5})
+    mask = tmp_path / "m.mask"
+    with pytest.raises(ValueError, match=r"mask_file = .*m\.mask.* and missing_rate = 0.9 .*one or the other"):
+        tune("CI2MG", "tiny", lr_space, config_dict={**tiny, "mask_file": str(mask), "missing_rate": 0.9})
 
 
 def test_shipped_ci2mg_space_is_the_papers(tiny):
@@ -217,10 +230,13 @@ def test_run_hyper_command_line(disagreeing, lr_space, tmp_path):
     assert "best params (2 trials, selected on valid Recall@20): learning_rate:0.05" in done.stdout
     saved = json.loads((tmp_path / "cli.result.json").read_text())
     # --seed is a setting, not an abbreviation of --seeds
-    assert saved["fixed"] == {"epochs": "2", "seed": "2021"} and saved["best"]["params"] == {"learning_rate": 0.05}
+    assert saved["fixed"] == {"epochs": 2, "seed": 2021} and saved["best"]["params"] == {"learning_rate": 0.05}
 
     bad = subprocess.run(command + ["stray"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert bad.returncode == 2 and "unrecognised argument 'stray'" in bad.stderr
+    assert bad.returncode == 2 and "Unrecognised argument 'stray'" in bad.stderr
+    bad = subprocess.run(command + ["--n_layer=2"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "'n_layer' is not a setting of LightGCN" in bad.stderr
+    assert "did you mean n_layers" in bad.stderr
 
 
 def test_ray_tune_selects_on_valid_like_hyperopt(disagreeing, lr_space):

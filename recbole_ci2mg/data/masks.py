@@ -38,6 +38,17 @@ def check_mask_settings(missing_rate, missing_mode, mask_seed):
         raise ValueError(f"Config key mask_seed = {mask_seed!r} must be an integer.")
 
 
+def check_mask_source(mask_file, missing_rate):
+    """Refuse a mask file together with a missing rate: the file's mask would replace the rate's."""
+    if mask_file and missing_rate:
+        raise ValueError(
+            f"mask_file = {mask_file!r} and missing_rate = {missing_rate} are both set, but a mask "
+            f"file replaces the mask drawn at missing_rate, so the rate would be ignored. Use one or "
+            f"the other: drop missing_rate (--missing_rate, --missing_rates) or set it to 0 to train "
+            f"on the file's mask, or drop mask_file to draw a mask at that rate."
+        )
+
+
 def _rng(mask_seed, stream):
     # One generator per named stream, so that adding a modality to a dataset
     # does not change the mask already drawn for another one.

@@ -16,6 +16,7 @@ from recbole_ci2mg.data.features import (
 )
 from recbole_ci2mg.data.masks import (
     check_mask_settings,
+    check_mask_source,
     draw_observed_masks,
     load_masks,
     mask_file_name,
@@ -113,6 +114,7 @@ class MultimodalDataset(Dataset):
         ``mask_seed`` drops the same items whatever the feature files hold.
         """
         mask_file = self.config["mask_file"]
+        check_mask_source(mask_file, missing_rate)
         if mask_file:
             path = mask_file if os.path.isabs(mask_file) else os.path.join(self.dataset_path, mask_file)
             kept = load_masks(path, item_tokens, self.modality_names)
