@@ -26,7 +26,6 @@ of each run's record key, as ``--seed`` and ``--missing_rate`` are.
 """
 
 import argparse
-import ast
 import os
 import platform
 import sys
@@ -36,6 +35,7 @@ from unittest import mock
 
 import torch
 
+from recbole_ci2mg.compat import read_setting
 from recbole_ci2mg.data import EMBEDDED_DATASET
 from recbole_ci2mg.quick_start import run_recbole
 from recbole_ci2mg.registry import get_model
@@ -108,16 +108,8 @@ def _no_repeats(values, flag):
 
 
 def config_value(text):
-    r"""A command-line value as RecBole's ``Config`` reads it.
-
-    RecBole ``eval``\ s the string and falls back on true/false and the plain
-    string; ``ast.literal_eval`` reads the same literals (numbers, lists,
-    dicts, True/False/None) without running code.
-    """
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return {"true": True, "false": False}.get(text.lower(), text)
+    """A command-line value as RecBole's ``Config`` reads it, without running it (see ``compat.read_setting``)."""
+    return read_setting(text)
 
 
 def parse_overrides(args):

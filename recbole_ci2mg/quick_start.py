@@ -20,7 +20,16 @@ from recbole.data import data_preparation
 from recbole.data.transform import construct_transform
 from recbole.utils import ModelType, get_environment, get_flops, init_logger, init_seed, set_color
 
-from recbole_ci2mg.compat import load_checkpoint, make_output_dirs, patch_distributed, register_dataset_arguments
+from recbole_ci2mg.compat import (
+    CheckpointConfig,
+    load_checkpoint,
+    make_output_dirs,
+    patch_config_parsing,
+    patch_distributed,
+    patch_pickled_caches,
+    refuse_unsafe_settings,
+    register_dataset_arguments,
+)
 from recbole_ci2mg.data import MultimodalDataset
 from recbole_ci2mg.registry import get_model
 from recbole_ci2mg.trainer import get_trainer
@@ -29,6 +38,8 @@ PROPERTIES_DIR = Path(__file__).resolve().parents[1] / "properties"
 
 register_dataset_arguments()
 patch_distributed()
+patch_config_parsing()
+patch_pickled_caches()
 
 
 def properties_files(model_name, dataset):
@@ -50,7 +61,33 @@ def build_config(model, dataset, config_file_list=None, config_dict=None):
     """A RecBole ``Config`` for a plugin or built-in model, with the project's properties."""
     model_class = get_model(model)
     files = properties_files(model_class.__name__, dataset) + list(config_file_list or [])
-    return Config(model=model_class, dataset=dataset, config_file_list=files, config_dict=config_dict)
+    config = Config(model=model_class, dataset=dataset, config_file_list=files, config_dict=config_dict)
+    refuse_unsafe_settings(config)
+    return config
+
+
+def _checkpoint_config(model_file, saved_config):
+    r"""The ``Config`` of a checkpoint written by this package, rebuilt as :func:`build_config` builds it.
+
+    The stored settings are taken as plain values, never read as text (see
+    :class:`recbole_ci2mg.compat.CheckpointConfig`).
+    """
+    if not (
+        isinstance(saved_config, dict)
+        and isinstance(saved_config.get("model"), str)
+        and isinstance(saved_config.get("dataset"), str)
+        and "settings" in saved_config
+    ):
+        raise ValueError(
+            f"Checkpoint {model_file}: its config is not the model, dataset and settings "
+            f"recbole_ci2mg writes; the file was altered or not written by this package, and is not loaded."
+        )
+    model_class = get_model(saved_config["model"])
+    dataset = saved_config["dataset"]
+    files = properties_files(model_class.__name__, dataset)
+    config = CheckpointConfig(model_file, model_class, dataset, files, saved_config["settings"])
+    refuse_unsafe_settings(config, f"Checkpoint {model_file}")
+    return config
 
 
 def create_dataset(config):
@@ -241,7 +278,8 @@ def load_data_and_model(model_file, allow_unsafe_pickle=False):
     r"""Rebuild config, data and trained model from a checkpoint, like RecBole's function.
 
     Checkpoints written by this package hold plain data and load with
-    ``weights_only=True``. A checkpoint written by RecBole itself needs
+    ``weights_only=True``; their settings are taken as values, never run (see
+    :class:`recbole_ci2mg.compat.CheckpointConfig`). A checkpoint written by RecBole itself needs
     ``allow_unsafe_pickle=True`` (see :func:`recbole_ci2mg.compat.load_checkpoint`).
 
     Returns:
@@ -252,7 +290,7 @@ def load_data_and_model(model_file, allow_unsafe_pickle=False):
     if isinstance(saved_config, Config):  # legacy RecBole checkpoint, loaded on request
         config = saved_config
     else:
-        config = build_config(saved_config["model"], saved_config["dataset"], config_dict=saved_config["settings"])
+        config = _checkpoint_config(model_file, saved_config)
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)
     dataset = create_dataset(config)
