@@ -300,13 +300,46 @@ def read_mmssl(src_dir, name: Optional[str] = None) -> SplitInteractions:
 # --------------------------------------------------------------------- diffmm
 
 
+# What a pickled SciPy sparse matrix (or array) of NumPy arrays names: its class,
+# in SciPy's private module (1.8 and later) or the public one older SciPy wrote
+# (the published DiffMM files name scipy.sparse.coo), and NumPy's array
+# rebuilding, in NumPy 1's module and NumPy 2's.
+_SPARSE_FORMATS = ("coo", "csr", "csc", "bsr", "dia")
+PICKLE_GLOBALS = frozenset(
+    [(f"scipy.sparse{sep}{fmt}", f"{fmt}_{kind}")
+     for fmt in _SPARSE_FORMATS for sep in (".", "._") for kind in ("matrix", "array")]
+    + [(f"numpy.{core}.multiarray", "_reconstruct") for core in ("core", "_core")]
+    + [("numpy", "ndarray"), ("numpy", "dtype")]
+)
+
+
+class _RefusedGlobal(Exception):
+    """A pickle names a global outside :data:`PICKLE_GLOBALS`."""
+
+
+class _SparseUnpickler(pickle.Unpickler):
+    """Unpickles only what :data:`PICKLE_GLOBALS` names, so a crafted file cannot call anything else."""
+
+    def find_class(self, module, name):
+        if (module, name) not in PICKLE_GLOBALS:
+            raise _RefusedGlobal(f"{module}.{name}")
+        return super().find_class(module, name)
+
+
 def _load_matrix(path: Path):
     try:
         with open(path, "rb") as handle, warnings.catch_warnings():
             # The published pickles name scipy.sparse.coo, a namespace that newer
             # SciPy deprecates; they still load, so the warning is only noise.
             warnings.simplefilter("ignore", DeprecationWarning)
-            matrix = pickle.load(handle)
+            matrix = _SparseUnpickler(handle).load()
+    except _RefusedGlobal as refused:
+        raise DatasetPrepError(
+            f"{path}: refused: the pickle names {refused}, which unpickling would call; the "
+            f"diffmm layout builds only scipy.sparse {'/'.join(_SPARSE_FORMATS)} matrices of "
+            f"NumPy arrays and stopped before calling anything else. Use the published file, "
+            f"or pickle the split as a scipy.sparse.coo_matrix"
+        ) from None
     except Exception as exc:  # unpickling can fail with almost any exception type
         raise DatasetPrepError(
             f"{path}: cannot be unpickled ({one_line(exc)}); re-download the "
@@ -332,8 +365,9 @@ def read_diffmm(src_dir, name: Optional[str] = None) -> SplitInteractions:
     duplicate entries stay duplicate rows, and explicitly stored zeros are not
     interactions. ``n_items`` is the matrices' column count.
 
-    Unpickling runs code named in the file: only read pickles from a trusted
-    source, such as the dataset's published release.
+    The pickles are read by an unpickler that builds only scipy.sparse matrices
+    and NumPy arrays (:data:`PICKLE_GLOBALS`): a file naming anything else (a
+    function to call, another class) is refused before any of it runs.
     """
     src_dir = require_dir(src_dir)
     paths = {split: _require_file(src_dir / file, "diffmm") for split, file in zip(SPLITS, DIFFMM_FILES)}

@@ -7,12 +7,17 @@ that protect RecBole (numpy<2, pandas<3, scipy<1.13, setuptools<81) live in
 ``pyproject.toml`` with a comment each.
 """
 
+import ast
 import os
+import pickle
+import types
 import uuid
 from contextlib import contextmanager
 from logging import getLogger
 
+import numpy as np
 import torch
+import yaml
 from recbole.config import Config
 
 
@@ -136,6 +141,248 @@ def load_checkpoint(model_file, allow_unsafe_pickle=False):
             ) from None
     getLogger().warning(f"Unpickling legacy checkpoint {model_file} with weights_only=False.")
     return torch.load(model_file, map_location="cpu", weights_only=False)
+
+
+def read_setting(text):
+    r"""A config string read as RecBole's ``Config`` reads it, without running it.
+
+    RecBole ``eval``\ s the string, keeps the result if it is a number,
+    string, list, tuple, dict, bool or None, and otherwise falls back on
+    true/false and the string itself. ``ast.literal_eval`` reads the same
+    literals without running code; anything else stays the string, as RecBole
+    keeps the text its eval cannot read ("Recall@20", "RO", a path).
+    """
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        return {"true": True, "false": False}.get(text.lower(), text)
+    return value if value is None or isinstance(value, (str, int, float, list, tuple, dict)) else text
+
+
+class SafeYamlLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` with the resolvers RecBole adds to ``yaml.FullLoader`` (see :func:`patch_config_parsing`)."""
+
+
+def patch_config_parsing():
+    r"""Make RecBole's ``Config`` read its settings as data, never as code.
+
+    Fixes three behaviours of ``recbole.config.Config``:
+
+    - ``_convert_config_dict`` ``eval``\ s every string value of
+      ``config_dict`` and of the command line, so a setting such as
+      ``"__import__('os').system(...)"`` runs, whether it comes from a
+      checkpoint, a tuning search space or the command line. Here strings are
+      read by :func:`read_setting`: the same literals, no code.
+    - ``_build_yaml_loader`` reads config files with ``yaml.FullLoader``
+      (extended by RecBole's pattern for floats such as ``1e-3``), which
+      builds any imported Python object a ``!!python/name:`` tag names, and,
+      before PyYAML 5.4, calls any callable. Here a ``yaml.SafeLoader`` with
+      the same resolvers reads them: plain YAML values only.
+    - ``_load_config_files`` reports a YAML error without naming the file;
+      here the error names it.
+
+    Idempotent.
+    """
+    if getattr(Config._convert_config_dict, "_ci2mg_patched", False):
+        return
+    # RecBole's loader class, with the resolvers it adds; its constructor is the unsafe part.
+    recbole_loader = Config._build_yaml_loader(None)
+    SafeYamlLoader.yaml_implicit_resolvers = {
+        first: list(resolvers) for first, resolvers in recbole_loader.yaml_implicit_resolvers.items()
+    }
+    recbole_load_config_files = Config._load_config_files
+
+    def _convert_config_dict(self, config_dict):
+        for key, value in config_dict.items():
+            if isinstance(value, str):
+                config_dict[key] = read_setting(value)
+        return config_dict
+
+    def _build_yaml_loader(self):
+        return SafeYamlLoader
+
+    def _load_config_files(self, file_list):
+        settings = {}
+        for file in file_list or []:
+            try:
+                settings.update(recbole_load_config_files(self, [file]))
+            except yaml.YAMLError as error:
+                raise ValueError(
+                    f"Config file {file} is not plain YAML ({' '.join(str(error).split())}). Config "
+                    f"files hold numbers, strings, lists and mappings; Python tags (!!python/...) "
+                    f"are not read."
+                ) from None
+        return settings
+
+    _convert_config_dict._ci2mg_patched = True
+    Config._convert_config_dict = _convert_config_dict
+    Config._build_yaml_loader = _build_yaml_loader
+    Config._load_config_files = _load_config_files
+
+
+def _check_plain(value, where):
+    """Raise if ``value`` is not the plain data :func:`_plain` writes."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return
+    if isinstance(value, list):
+        for item in value:
+            _check_plain(item, where)
+        return
+    if isinstance(value, dict) and all(isinstance(key, str) for key in value):
+        for item in value.values():
+            _check_plain(item, where)
+        return
+    raise ValueError(
+        f"{where} holds a {type(value).__module__}.{type(value).__name__}, but checkpoints written by "
+        f"recbole_ci2mg hold plain values only (numbers, strings, lists, mappings). The file was altered "
+        f"or not written by this package; it is not loaded."
+    )
+
+
+class ConfigWithoutCommandLine(Config):
+    r"""RecBole's ``Config``, less its reading of the process command line.
+
+    ``Config._load_cmd_line`` reads every ``--key=value`` of ``sys.argv`` and
+    ranks it above ``config_dict``: a program that builds configs itself (a
+    comparison's runs, a search's trials, a Ray worker, pytest) would have its
+    own flags read as config keys, and a ``--seed`` on its command line would
+    override every run's seed. This subclass reads no command line; the
+    scripts that take RecBole's flags (``run_recbole.py``, ``run_hyper.py``)
+    parse them with :func:`recbole_ci2mg.settings.parse_overrides` and pass
+    them in ``config_dict``, which RecBole converts as it converts the
+    command line.
+    """
+
+    def _load_cmd_line(self):
+        return {}
+
+
+class CheckpointConfig(ConfigWithoutCommandLine):
+    r"""A RecBole ``Config`` rebuilt from the settings :func:`plain_config` stored in a checkpoint.
+
+    Those settings are values RecBole had already read, so they are taken as
+    they are and never read again as text (RecBole's
+    ``_load_variable_config_dict`` would pass each string to
+    ``_convert_config_dict``, which ``eval``\ s it). A setting that is not
+    plain data is refused, and so is a string where RecBole's defaults for the
+    run (its YAML files and the project's ``properties/``) hold a number or a
+    truth value: RecBole reads ``--epochs=5`` as 5 and the checkpoint stores 5,
+    so such a string means the file was altered.
+
+    Args:
+        checkpoint_file (str): the checkpoint, named in errors.
+        model, dataset, config_file_list: as for ``Config``.
+        settings (dict): the settings the checkpoint's config stores.
+    """
+
+    def __init__(self, checkpoint_file, model, dataset, config_file_list, settings):
+        self._checkpoint_file = checkpoint_file
+        super().__init__(model=model, dataset=dataset, config_file_list=config_file_list, config_dict=settings)
+
+    def _load_variable_config_dict(self, config_dict):
+        if not isinstance(config_dict, dict) or not all(isinstance(key, str) for key in config_dict):
+            raise ValueError(
+                f"Checkpoint {self._checkpoint_file}: its settings are not a mapping of setting names; "
+                f"the file was altered or not written by recbole_ci2mg, and is not loaded."
+            )
+        for key, value in config_dict.items():
+            _check_plain(value, f"Checkpoint {self._checkpoint_file}: setting '{key}'")
+        return dict(config_dict)
+
+    def _get_final_config_dict(self):
+        defaults = {**self.internal_config_dict, **self.file_config_dict}
+        for key, value in self.variable_config_dict.items():
+            default = defaults.get(key)
+            if isinstance(value, str) and isinstance(default, (bool, int, float)):
+                raise ValueError(
+                    f"Checkpoint {self._checkpoint_file}: setting '{key}' is the string {value!r}, where "
+                    f"a {type(default).__name__} is expected (the default is {default!r}); checkpoints "
+                    f"written by recbole_ci2mg store the value RecBole read, never its text. The file "
+                    f"was altered or not written by this package; it is not loaded."
+                )
+        return super()._get_final_config_dict()
+
+
+# Config keys with which RecBole writes, or reads back, a pickled dataset or its dataloaders.
+PICKLED_CACHE_ARGUMENTS = ("save_dataset", "dataset_save_path", "save_dataloaders", "dataloaders_save_path")
+
+
+def _refuse_unpickling(file, *args, **kwargs):
+    name = getattr(file, "name", file)
+    raise ValueError(
+        f"RecBole would unpickle {name}, a saved dataset or dataloaders, and unpickling runs any code the "
+        f"file holds; recbole_ci2mg never reads such caches. Delete or move {name} (the data is rebuilt "
+        f"from the dataset files) and leave save_dataset and save_dataloaders off."
+    )
+
+
+def patch_pickled_caches():
+    r"""Keep RecBole from unpickling saved datasets and dataloaders.
+
+    ``recbole.data.utils.create_dataset`` unpickles ``dataset_save_path`` or
+    ``<checkpoint_dir>/<dataset>-<class>.pth``, and ``data_preparation`` (via
+    ``load_split_dataloaders``) ``dataloaders_save_path`` or
+    ``<checkpoint_dir>/<dataset>-for-<model>-dataloader.pth``, whenever such
+    a file exists, whether ``save_dataset`` / ``save_dataloaders`` are on or
+    not; a crafted file runs its code there. ``recbole.data.utils`` gets a
+    ``pickle`` that writes as pickle does and refuses to read, naming the
+    file. Idempotent.
+    """
+    from recbole.data import utils
+
+    if utils.pickle is pickle:
+        utils.pickle = types.SimpleNamespace(dump=pickle.dump, load=_refuse_unpickling)
+
+
+def refuse_unsafe_settings(config, source="the config"):
+    r"""Refuse settings with which RecBole would unpickle a file or run a setting as code.
+
+    - ``save_dataset``, ``dataset_save_path``, ``save_dataloaders`` and
+      ``dataloaders_save_path`` make RecBole write, and read back, pickled
+      datasets and dataloaders. This package never reads them (see
+      :func:`patch_pickled_caches`), so writing one only leaves a file that
+      the next run refuses.
+    - ``KD_DAGFM.__init__`` builds its teacher network with
+      ``eval(config["teacher"])``: the setting must name one of the networks
+      of its module.
+    - ``LDiffRec.__init__`` (with ``n_cate`` above 1) loads
+      ``<dataset>/item_emb.npy`` with ``np.load(allow_pickle=True)``, which
+      unpickles whatever objects the file holds: the file must be a plain
+      numeric array.
+
+    Args:
+        source (str): where the settings come from, for the message.
+    """
+    cached = [key for key in PICKLED_CACHE_ARGUMENTS if config[key]]
+    if cached:
+        raise ValueError(
+            f"{source} sets {', '.join(f'{key}={config[key]!r}' for key in cached)}: RecBole keeps those "
+            f"caches as pickles, and reading a pickle runs any code it holds, so recbole_ci2mg neither "
+            f"writes nor reads them (it rebuilds the data from the dataset files). Remove the setting."
+        )
+    if config["model"] == "KD_DAGFM":
+        from recbole.model.context_aware_recommender import kd_dagfm
+
+        networks = sorted(
+            name for name, value in vars(kd_dagfm).items()
+            if isinstance(value, type) and issubclass(value, torch.nn.Module) and value.__module__ == kd_dagfm.__name__
+        )
+        if config["teacher"] not in networks:
+            raise ValueError(
+                f"{source} sets teacher={config['teacher']!r}: RecBole's KD_DAGFM runs that setting "
+                f"through eval, so it must name one of its networks ({', '.join(networks)})."
+            )
+    if config["model"] == "LDiffRec" and (config["n_cate"] or 0) > 1:
+        path = os.path.join(config["data_path"], "item_emb.npy")
+        if os.path.exists(path):
+            try:
+                np.load(path, allow_pickle=False)
+            except ValueError as error:
+                raise ValueError(
+                    f"{path}: {error}. RecBole's LDiffRec loads it with allow_pickle=True, which runs any "
+                    f"code pickled objects hold; save the item embeddings as a plain numeric array "
+                    f"(np.save of a float array)."
+                ) from None
 
 
 def check_benchmark_split(dataset):
@@ -321,22 +568,3 @@ def best_trial(trials, bigger=True):
         if score > best["valid_score"] if bigger else score < best["valid_score"]:
             best = trial
     return best
-
-
-
-class ConfigWithoutCommandLine(Config):
-    r"""RecBole's ``Config``, less its reading of the process command line.
-
-    ``Config._load_cmd_line`` reads every ``--key=value`` of ``sys.argv`` and
-    ranks it above ``config_dict``: a program that builds configs itself (a
-    comparison's runs, a search's trials, a Ray worker, pytest) would have its
-    own flags read as config keys, and a ``--seed`` on its command line would
-    override every run's seed. This subclass reads no command line; the
-    scripts that take RecBole's flags (``run_recbole.py``, ``run_hyper.py``)
-    parse them with :func:`recbole_ci2mg.settings.parse_overrides` and pass
-    them in ``config_dict``, which RecBole converts as it converts the
-    command line.
-    """
-
-    def _load_cmd_line(self):
-        return {}

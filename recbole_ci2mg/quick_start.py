@@ -21,10 +21,14 @@ from recbole.data.transform import construct_transform
 from recbole.utils import ModelType, get_environment, get_flops, init_logger, init_seed, set_color
 
 from recbole_ci2mg.compat import (
+    CheckpointConfig,
     ConfigWithoutCommandLine,
     load_checkpoint,
     make_output_dirs,
+    patch_config_parsing,
     patch_distributed,
+    patch_pickled_caches,
+    refuse_unsafe_settings,
     register_dataset_arguments,
 )
 from recbole_ci2mg.data import MultimodalDataset
@@ -36,6 +40,8 @@ PROPERTIES_DIR = Path(__file__).resolve().parents[1] / "properties"
 
 register_dataset_arguments()
 patch_distributed()
+patch_config_parsing()
+patch_pickled_caches()
 
 
 def properties_files(model_name, dataset):
@@ -53,22 +59,45 @@ def properties_files(model_name, dataset):
     return [str(path) for path in candidates if path.is_file()]
 
 
-def build_config(model, dataset, config_file_list=None, config_dict=None, check_keys=True):
+def build_config(model, dataset, config_file_list=None, config_dict=None):
     r"""A RecBole ``Config`` for a plugin or built-in model, with the project's properties.
 
     Settings come from the files and ``config_dict`` only, never from the
     process command line (see :class:`recbole_ci2mg.compat.ConfigWithoutCommandLine`).
-    With ``check_keys``, a ``config_dict`` key that no loaded file, model,
-    dataset or RecBole default knows is an error naming the closest known
-    keys (:func:`recbole_ci2mg.settings.refuse_unknown_keys`).
+    A ``config_dict`` key that no loaded file, model, dataset or RecBole
+    default knows is an error naming the closest known keys (:func:`recbole_ci2mg.settings.refuse_unknown_keys`).
     """
     model_class = get_model(model)
     files = properties_files(model_class.__name__, dataset) + list(config_file_list or [])
     config = ConfigWithoutCommandLine(
         model=model_class, dataset=dataset, config_file_list=files, config_dict=config_dict
     )
-    if check_keys:
-        refuse_unknown_keys(config, config.variable_config_dict)
+    refuse_unknown_keys(config, config.variable_config_dict)
+    refuse_unsafe_settings(config)
+    return config
+
+
+def _checkpoint_config(model_file, saved_config):
+    r"""The ``Config`` of a checkpoint written by this package, rebuilt as :func:`build_config` builds it.
+
+    The stored settings are taken as plain values, never read as text (see
+    :class:`recbole_ci2mg.compat.CheckpointConfig`).
+    """
+    if not (
+        isinstance(saved_config, dict)
+        and isinstance(saved_config.get("model"), str)
+        and isinstance(saved_config.get("dataset"), str)
+        and "settings" in saved_config
+    ):
+        raise ValueError(
+            f"Checkpoint {model_file}: its config is not the model, dataset and settings "
+            f"recbole_ci2mg writes; the file was altered or not written by this package, and is not loaded."
+        )
+    model_class = get_model(saved_config["model"])
+    dataset = saved_config["dataset"]
+    files = properties_files(model_class.__name__, dataset)
+    config = CheckpointConfig(model_file, model_class, dataset, files, saved_config["settings"])
+    refuse_unsafe_settings(config, f"Checkpoint {model_file}")
     return config
 
 
@@ -260,7 +289,8 @@ def load_data_and_model(model_file, allow_unsafe_pickle=False):
     r"""Rebuild config, data and trained model from a checkpoint, like RecBole's function.
 
     Checkpoints written by this package hold plain data and load with
-    ``weights_only=True``. A checkpoint written by RecBole itself needs
+    ``weights_only=True``; their settings are taken as values, never run (see
+    :class:`recbole_ci2mg.compat.CheckpointConfig`). A checkpoint written by RecBole itself needs
     ``allow_unsafe_pickle=True`` (see :func:`recbole_ci2mg.compat.load_checkpoint`).
 
     Returns:
@@ -271,10 +301,7 @@ def load_data_and_model(model_file, allow_unsafe_pickle=False):
     if isinstance(saved_config, Config):  # legacy RecBole checkpoint, loaded on request
         config = saved_config
     else:
-        # Settings checked when the run was built; keys of its config files are among them.
-        config = build_config(
-            saved_config["model"], saved_config["dataset"], config_dict=saved_config["settings"], check_keys=False
-        )
+        config = _checkpoint_config(model_file, saved_config)
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)
     dataset = create_dataset(config)

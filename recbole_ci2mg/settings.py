@@ -17,12 +17,13 @@ the closest known ones. A key is known when it is in
 - the config's ``extra_keys`` list, which declares new keys.
 """
 
-import ast
 import difflib
 import os
 
 import recbole
 import yaml
+
+from recbole_ci2mg.compat import read_setting
 
 # Keys that RecBole 1.2.1's framework code (config/, data/, evaluator/,
 # trainer/) reads although no RecBole YAML gives them a default: the
@@ -43,16 +44,8 @@ RECBOLE_MODEL_DIR = os.path.join(os.path.dirname(recbole.__file__), "properties"
 
 
 def config_value(text):
-    r"""A command-line value as RecBole's ``Config`` reads it.
-
-    RecBole ``eval``\ s the string and falls back on true/false and the plain
-    string; ``ast.literal_eval`` reads the same literals (numbers, lists,
-    dicts, True/False/None) without running code.
-    """
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return {"true": True, "false": False}.get(text.lower(), text)
+    r"""A command-line value as RecBole's ``Config`` reads it, without running it (:func:`recbole_ci2mg.compat.read_setting`)."""
+    return read_setting(text)
 
 
 def parse_overrides(args):

@@ -6,6 +6,7 @@ import os
 import pickle
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,7 @@ from dataset_prep import (
 )
 from conftest import warnings_of
 from dataset_prep.__main__ import main
+from dataset_prep.layouts import _load_matrix
 from dataset_prep.ml100k import chronological_split, committed_yaml_text
 
 REPO = Path(__file__).resolve().parents[1]
@@ -473,6 +475,30 @@ def test_pickle_corrupt(tmp_path):
     assert "cannot be unpickled" in _expect_error(tmp_path, tmp_path / "src" / "trnMat.pkl", layout="diffmm")
 
 
+class _RunsCommand:
+    """Unpickles by calling os.system: what a crafted .pkl does."""
+
+    def __init__(self, command):
+        self.command = command
+
+    def __reduce__(self):
+        return os.system, (self.command,)
+
+
+@pytest.mark.parametrize("inside_a_matrix", [False, True])
+def test_pickle_that_runs_code_is_refused_before_it_runs(tmp_path, inside_a_matrix):
+    marker = tmp_path / "PWNED"
+    payload = _RunsCommand(f"touch {marker}")
+    if inside_a_matrix:  # a genuine sparse matrix whose data array is the call
+        matrix = sp.coo_matrix(np.eye(3, 4))
+        matrix.data, payload = payload, matrix
+    write_diffmm(tmp_path / "src")
+    (tmp_path / "src" / "valMat.pkl").write_bytes(pickle.dumps(payload))
+    message = _expect_error(tmp_path, tmp_path / "src" / "valMat.pkl", layout="diffmm")
+    assert not marker.exists()
+    assert f"refused: the pickle names {os.system.__module__}.system" in message
+
+
 def test_pickles_of_different_shapes(tmp_path):
     write_diffmm(tmp_path / "src")
     write_diffmm(tmp_path / "other", shape=(3, 5))
@@ -663,6 +689,21 @@ def test_real_tiktok_mmrec_matches_pickles():
     for split in ("train", "valid", "test"):
         assert np.array_equal(getattr(from_pickles, split), getattr(from_inter, split))
     assert from_pickles.n_items == 6710
+
+
+def test_real_tiktok_pickles_read_as_plain_pickle_reads_them():
+    # The restricted unpickler of the diffmm layout admits the published files
+    # whole: the same matrices, entries and dtypes as an unrestricted pickle.load.
+    src = shared("tiktok")
+    for file in ("trnMat.pkl", "valMat.pkl", "tstMat.pkl"):
+        with open(src / file, "rb") as handle, warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            plain = pickle.load(handle)
+        restricted = _load_matrix(src / file)
+        assert type(restricted) is type(plain) and restricted.shape == plain.shape
+        for field in ("row", "col", "data"):
+            ours, theirs = getattr(restricted, field), getattr(plain, field)
+            assert ours.dtype == theirs.dtype and np.array_equal(ours, theirs)
 
 
 def test_real_baby(tmp_path):

@@ -1,11 +1,15 @@
 """Running plugin and built-in models; checkpoints; RecBole compatibility fixes."""
 
+import os
+import pickle
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 import yaml
+from recbole.config import Config
 from recbole.model.general_recommender import BPR
 from recbole.utils.argument_list import dataset_arguments
 
@@ -169,3 +173,125 @@ def test_tiktok_converts_and_loads_with_the_published_split(tmp_path):
         "v": (6711, 128),
         "a": (6711, 128),
     }
+
+
+def _craft(checkpoint_file, path, **settings):
+    """A copy of a genuine checkpoint with some settings replaced; it still loads with weights_only."""
+    checkpoint = torch.load(checkpoint_file, weights_only=True)
+    checkpoint["config"]["settings"].update(settings)
+    torch.save(checkpoint, path)
+    torch.load(path, weights_only=True)
+    return str(path)
+
+
+def test_checkpoint_settings_never_run_as_code(tiny, tmp_path):
+    result = run_recbole("BPR", "tiny", config_dict={**tiny, "epochs": 1})
+    marker = tmp_path / "PWNED"
+    code = f"__import__('os').system('touch {marker}') or 1"
+
+    # Where RecBole's defaults hold a number, a string is refused, naming file, key and type.
+    crafted = _craft(result["saved_model_file"], tmp_path / "crafted.pth", epochs=code)
+    with pytest.raises(ValueError, match=r"crafted\.pth.*'epochs'.*string.*int"):
+        load_data_and_model(crafted)
+    assert not marker.exists()
+    crafted = _craft(result["saved_model_file"], tmp_path / "tensor.pth", epochs=torch.tensor(1))
+    with pytest.raises(ValueError, match=r"tensor\.pth: setting 'epochs' holds a torch\.Tensor"):
+        load_data_and_model(crafted)
+    # Elsewhere a string stays the string it is.
+    crafted = _craft(result["saved_model_file"], tmp_path / "comment.pth", comment=code)
+    config, *_ = load_data_and_model(crafted)
+    assert not marker.exists() and config["comment"] == code
+
+    # The genuine checkpoint still loads, and evaluates as it did.
+    config, model, dataset, train, valid, test = load_data_and_model(result["saved_model_file"])
+    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
+    trainer.eval_collector.data_collect(train)
+    assert trainer.evaluate(test, load_best_model=False) == result["test_result"]
+
+
+def test_config_strings_are_read_as_data_never_run(tiny, tmp_path, monkeypatch):
+    marker = tmp_path / "PWNED"
+    code = f"__import__('os').system('touch {marker}')"
+    # config_dict (tuning trials, comparisons): a declared new key holding code stays a string
+    config = build_config("BPR", "tiny", config_dict={
+        **tiny, "extra_keys": ["from_dict"], "from_dict": code, "epochs": "3", "topk": "[5, 10]",
+        "reproducibility": "false", "valid_metric": "Recall@5",
+    })
+    assert not marker.exists()
+    assert config["from_dict"] == code
+    # the literals RecBole's eval read are read the same
+    assert (config["epochs"], config["topk"], config["reproducibility"]) == (3, [5, 10], False)
+    assert config["valid_metric"] == "Recall@5"
+    # RecBole's own Config, which reads the command line, once this package is imported
+    monkeypatch.setattr(sys, "argv", ["run_recbole.py", f"--from_cmd={code}", "--learning_rate=1e-3"])
+    recbole_config = Config(model="BPR", dataset="tiny", config_dict=dict(tiny))
+    assert not marker.exists()
+    assert recbole_config["from_cmd"] == code and recbole_config["learning_rate"] == 1e-3
+
+
+def test_config_files_hold_plain_yaml_only(tiny, tmp_path):
+    plain = tmp_path / "plain.yaml"
+    plain.write_text(yaml.safe_dump(tiny) + "learning_rate: 1e-3\n")
+    assert build_config("BPR", "tiny", [str(plain)])["learning_rate"] == 1e-3  # RecBole's float pattern
+    tagged = tmp_path / "tagged.yaml"
+    tagged.write_text(yaml.safe_dump(tiny) + "note: !!python/name:os.system\n")
+    with pytest.raises(ValueError, match=r"tagged\.yaml is not plain YAML.*python/name:os\.system"):
+        build_config("BPR", "tiny", [str(plain), str(tagged)])
+
+
+class _RunsCommand:
+    def __init__(self, command):
+        self.command = command
+
+    def __reduce__(self):
+        return os.system, (self.command,)
+
+
+@pytest.mark.parametrize("model, cache", [
+    ("BPR", "tiny-for-BPR-dataloader.pth"),  # read by data_preparation, whatever save_dataloaders says
+    ("FM", "tiny-Dataset.pth"),  # read by RecBole's create_dataset, whatever save_dataset says
+])
+def test_pickled_caches_in_checkpoint_dir_are_never_read(tiny, tmp_path, model, cache):
+    marker = tmp_path / "PWNED"
+    (tmp_path / "saved").mkdir()
+    (tmp_path / "saved" / cache).write_bytes(pickle.dumps(_RunsCommand(f"touch {marker}")))
+    with pytest.raises(ValueError, match=rf"unpickle saved/{cache}.*Delete or move"):
+        run_recbole(model, "tiny", config_dict={**tiny, "epochs": 1})
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("setting", [
+    {"save_dataset": True}, {"save_dataloaders": True},
+    {"dataset_save_path": "data.pth"}, {"dataloaders_save_path": "loaders.pth"},
+])
+def test_settings_for_pickled_caches_are_refused(tiny, tmp_path, setting):
+    key = next(iter(setting))
+    with pytest.raises(ValueError, match=rf"the config sets {key}=.*pickles"):
+        build_config("BPR", "tiny", config_dict={**tiny, **setting})
+    result = run_recbole("BPR", "tiny", config_dict={**tiny, "epochs": 1})
+    crafted = _craft(result["saved_model_file"], tmp_path / "cache.pth", **setting)
+    with pytest.raises(ValueError, match=rf"Checkpoint .*cache\.pth sets {key}="):
+        load_data_and_model(crafted)
+
+
+def test_kd_dagfm_teacher_is_never_run_as_code(tmp_path):
+    # RecBole's KD_DAGFM passes `teacher` to eval; ml-100k ships inside RecBole.
+    marker = tmp_path / "PWNED"
+    settings = {"state": "WARNING", "show_progress": False, "epochs": 1}
+    teacher = f"__import__('os').system('touch {marker}') or CrossNet"
+    with pytest.raises(ValueError, match=r"teacher=.*eval.*CIN, CINComp, CrossNet"):
+        run_recbole("KD_DAGFM", "ml-100k", config_dict={**settings, "teacher": teacher})
+    assert not marker.exists()
+    assert build_config("KD_DAGFM", "ml-100k", config_dict={**settings, "teacher": "CIN"})["teacher"] == "CIN"
+
+
+def test_ldiffrec_item_embeddings_are_never_unpickled(tiny, tmp_path):
+    # RecBole's LDiffRec loads <dataset>/item_emb.npy with allow_pickle=True when n_cate > 1.
+    marker = tmp_path / "PWNED"
+    item_emb = os.path.join(tiny["data_path"], "tiny", "item_emb.npy")
+    np.save(item_emb, np.array([_RunsCommand(f"touch {marker}")] * 40, dtype=object), allow_pickle=True)
+    with pytest.raises(ValueError, match=r"item_emb\.npy.*allow_pickle=True"):
+        run_recbole("LDiffRec", "tiny", config_dict={**tiny, "n_cate": 2, "epochs": 1})
+    assert not marker.exists()
+    np.save(item_emb, np.ones((40, 4), dtype=np.float32))
+    assert build_config("LDiffRec", "tiny", config_dict={**tiny, "n_cate": 2})["n_cate"] == 2

@@ -255,3 +255,15 @@ def test_ray_tune_selects_on_valid_like_hyperopt(disagreeing, lr_space):
         assert scores(ray)[lr] == pytest.approx((valid, test), abs=2e-3)
     assert ray["best"]["params"] == {"learning_rate": 0.05}
     assert ray["best"]["valid_score"] > scores(ray)[0.0][0] and ray["best"]["test_result"]["recall@20"] < scores(ray)[0.0][1]
+
+
+def test_search_space_strings_are_never_run(disagreeing, tmp_path):
+    # A params file from elsewhere: its choices reach RecBole's Config as trial settings.
+    marker = tmp_path / "PWNED"
+    space = tmp_path / "crafted.hyper"
+    space.write_text(f"note choice [\"__import__('pathlib').Path('{marker}').touch()\"]\n")  # no spaces
+    declared = tmp_path / "note.yaml"
+    declared.write_text("note: none\n")
+    summary = tune("BPR", "dis", space, config_file_list=[str(declared)], config_dict={**disagreeing, "epochs": 1})
+    assert not marker.exists()
+    assert summary["best"]["params"]["note"].startswith("__import__")
