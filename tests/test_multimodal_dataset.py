@@ -204,6 +204,12 @@ def test_non_finite_features(tiny, bad):
         load(tiny)
 
 
+def test_feature_file_that_is_an_npz_archive(tiny):
+    np.savez(f"{tiny['data_path']}/tiny/v.npz", v=np.ones((40, 4), np.float32))
+    with pytest.raises(ValueError, match=r"v\.npz of modality 'v' is an \.npz archive.*numpy\.save"):
+        load(tiny, modalities={"v": {"file": "v.npz"}})
+
+
 def test_feature_file_that_does_not_exist(tiny):
     with pytest.raises(FileNotFoundError, match=r"nothere\.npy.*modality 'v'"):
         load(tiny, modalities={"v": {"file": "nothere.npy"}})

@@ -77,6 +77,12 @@ def read_feature_matrix(spec):
             f"Feature file {spec.file} of modality '{spec.name}' is not a plain .npy "
             f"array ({error}): save it with numpy.save(file, array)."
         ) from None
+    if not isinstance(matrix, np.ndarray):  # an .npz archive
+        matrix.close()
+        raise ValueError(
+            f"Feature file {spec.file} of modality '{spec.name}' is an .npz archive, not a "
+            f"plain .npy array: save the matrix with numpy.save(file, array)."
+        )
     if matrix.ndim != 2 or not np.issubdtype(matrix.dtype, np.number):
         raise ValueError(
             f"Feature file {spec.file} of modality '{spec.name}' holds a "
