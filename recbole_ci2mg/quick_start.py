@@ -28,6 +28,7 @@ from recbole_ci2mg.compat import (
     patch_config_parsing,
     patch_distributed,
     patch_pickled_caches,
+    patch_training_negatives,
     refuse_unsafe_settings,
     register_dataset_arguments,
 )
@@ -42,6 +43,7 @@ register_dataset_arguments()
 patch_distributed()
 patch_config_parsing()
 patch_pickled_caches()
+patch_training_negatives()
 
 
 def properties_files(model_name, dataset):
