@@ -204,6 +204,7 @@ def train(run, results):
         saved_model_file=result.get("saved_model_file"),
         data_fingerprint=run_fingerprint(run),
     )
+    record["test_segments"] = getattr(result["test_result"], "segments", None)
     per_user = getattr(result["test_result"], "per_user", None)
     record["per_user_file"] = save_per_user(results, record, per_user) if per_user else None
     return record

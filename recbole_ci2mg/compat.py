@@ -413,7 +413,9 @@ def check_benchmark_split(dataset):
 
 
 # Config keys of recbole_ci2mg.data.MultimodalDataset that change the data.
-MULTIMODAL_DATASET_ARGUMENTS = ["modalities", "missing_rate", "missing_mode", "mask_seed", "mask_file"]
+MULTIMODAL_DATASET_ARGUMENTS = [
+    "modalities", "missing_rate", "missing_mode", "mask_seed", "mask_file", "new_item_rate", "new_item_seed",
+]
 
 
 def register_dataset_arguments():
@@ -568,3 +570,50 @@ def best_trial(trials, bigger=True):
         if score > best["valid_score"] if bigger else score < best["valid_score"]:
             best = trial
     return best
+
+
+class _SamplingWithout:
+    r"""A sampler's ``sampling``, redrawing the values that fall on excluded items (the conditional distribution)."""
+
+    def __init__(self, sampling, excluded):
+        self.sampling, self.excluded = sampling, excluded
+
+    def __call__(self, sample_num):
+        values = np.asarray(self.sampling(sample_num))
+        hit = self.excluded[values]
+        while hit.any():
+            values[hit] = self.sampling(int(hit.sum()))
+            hit = self.excluded[values]
+        return values
+
+
+def patch_training_negatives():
+    r"""Keep the new items of the new-item setting out of RecBole's training negatives.
+
+    RecBole 1.2.1's ``Sampler`` draws training negatives from every item id
+    (uniformly, or by popularity over all splits), whatever the training split
+    holds. An item whose training interactions were removed
+    (:mod:`recbole_ci2mg.data.new_items`) would then be seen in training only
+    as a negative, and a model would learn to rank it low for that alone (VBPR's
+    item bias does: a planted new item fell below a random rank), although the
+    setting means the item did not exist yet. ``recbole.data.utils.
+    create_samplers`` is wrapped: when the training split marks ``new_items``
+    (:class:`recbole_ci2mg.data.MultimodalDataset`), the training sampler
+    redraws negatives that fall on them; the valid and test samplers, and
+    runs without new items, are RecBole's own. Idempotent.
+    """
+    from recbole.data import utils
+
+    if getattr(utils.create_samplers, "_ci2mg_patched", False):
+        return
+    recbole_create_samplers = utils.create_samplers
+
+    def create_samplers(config, dataset, built_datasets):
+        train_sampler, valid_sampler, test_sampler = recbole_create_samplers(config, dataset, built_datasets)
+        new_items = getattr(built_datasets[0], "new_items", None)
+        if train_sampler is not None and new_items is not None and bool(new_items.any()):
+            train_sampler.sampling = _SamplingWithout(train_sampler.sampling, new_items.numpy())
+        return train_sampler, valid_sampler, test_sampler
+
+    create_samplers._ci2mg_patched = True
+    utils.create_samplers = create_samplers

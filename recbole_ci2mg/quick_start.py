@@ -28,6 +28,7 @@ from recbole_ci2mg.compat import (
     patch_config_parsing,
     patch_distributed,
     patch_pickled_caches,
+    patch_training_negatives,
     refuse_unsafe_settings,
     register_dataset_arguments,
 )
@@ -42,6 +43,7 @@ register_dataset_arguments()
 patch_distributed()
 patch_config_parsing()
 patch_pickled_caches()
+patch_training_negatives()
 
 
 def properties_files(model_name, dataset):
@@ -158,6 +160,8 @@ def run_recbole(model=None, dataset=None, config_file_list=None, config_dict=Non
     logger.info("The running environment of this training is as follows:\n" + get_environment(config).draw())
     logger.info(set_color("best valid ", "yellow") + f": {best_valid_result}")
     logger.info(set_color("test result", "yellow") + f": {test_result}")
+    if getattr(test_result, "segments", None):
+        logger.info(set_color("test recall by item segment", "yellow") + f": {test_result.segments}")
 
     epoch_seconds = trainer.train_epoch_seconds
     result = {

@@ -4,7 +4,9 @@ A record holds what a run was (``dataset``, ``model``, ``seed``,
 ``missing_rate``, ``overrides``: the config settings that change what it
 computes, ``config_files``) and what it gave (``test`` and ``valid`` metrics,
 ``best_epoch``, ``epochs_trained``, ``train_epoch_seconds``, ``wall_seconds``,
-``machine``, ``saved_model_file``) and what it read (``data_fingerprint``:
+``machine``, ``saved_model_file``, and ``test_segments``: test Recall@k
+within cold and warm items, :func:`recbole_ci2mg.trainer.segment_recall`;
+absent from records written before it was kept) and what it read (``data_fingerprint``:
 :func:`recbole_ci2mg.data.fingerprint.data_fingerprint`; absent from records
 written before it was kept). Its per-user test scores are in a sidecar
 ``<results stem>.per_user/<run>.npz`` named by ``per_user_file`` (relative to
@@ -55,6 +57,20 @@ def _is_name(value):
     return isinstance(value, str) and value != ""
 
 
+def _is_segments(value):
+    # {"cold": {"users": int, "interactions": int, "recall@20": number or null, ...}, "warm": {...}}
+    def is_count(v):
+        return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+    return isinstance(value, dict) and all(
+        isinstance(segment, dict)
+        and is_count(segment.get("users"))
+        and is_count(segment.get("interactions"))
+        and all(v is None or _is_number(v) for k, v in segment.items() if k not in ("users", "interactions"))
+        for segment in value.values()
+    )
+
+
 # What each field of a record must hold (optional fields may also be null),
 # as the runner and the tables read it.
 FIELD_CHECKS = {
@@ -72,6 +88,7 @@ FIELD_CHECKS = {
                          "a mapping of data files to their hashes"),
     "best_epoch": (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
     "train_epoch_seconds": (_is_number, "a number"),
+    "test_segments": (_is_segments, "segment -> {users, interactions, recall@<k>} (numbers; recalls may be null)"),
 }
 JSON_TYPES = {int: "number", float: "number", str: "string", list: "array", bool: "boolean", type(None): "null"}
 

@@ -4,10 +4,14 @@ One row per (dataset, missing rate, model, overrides, config files), its
 seeds pooled: test metrics as mean ± sample standard deviation over seeds,
 seconds per training epoch, best epochs, and a two-sided Wilcoxon
 signed-rank test of the section's first row against the row on per-user test
-Recall@20. Written as Markdown (best mean of each column in bold), CSV
-(fractions, not %, one column per statistic), LaTeX, and, when a dataset has
-several missing rates, a PNG of test Recall@20 against the rate (the paper's
-Figure 3).
+Recall@20. Records that hold ``test_segments`` add test Recall@20 within cold
+items (no training interaction: the new items of ``new_item_rate``, and any
+item the split gives none) and within warm items; older records show n/a
+there, and a table none of whose rows has a cold test interaction (or the
+breakdown at all) shows no such columns.
+Written as Markdown (best mean of each column in bold), CSV (fractions, not
+%, one column per statistic), LaTeX, and, when a dataset has several missing
+rates, a PNG of test Recall@20 against the rate (the paper's Figure 3).
 """
 
 import csv
@@ -20,8 +24,20 @@ from scipy.stats import wilcoxon
 from recbole_ci2mg.results import load_per_user, record_key
 
 METRICS = ("recall@20", "ndcg@20", "precision@20")
-METRIC_NAMES = {"recall@20": "Recall@20", "ndcg@20": "NDCG@20", "precision@20": "Precision@20"}
+METRIC_NAMES = {"recall@20": "Recall@20", "ndcg@20": "NDCG@20", "precision@20": "Precision@20",
+                "cold_recall@20": "Recall@20 cold items", "warm_recall@20": "Recall@20 warm items"}
 TEST_METRIC = "recall@20"  # the per-user score of the Wilcoxon test
+# Test Recall@20 within each item segment (recbole_ci2mg.trainer.segment_recall), from a record's test_segments.
+SEGMENT_METRICS = ("cold_recall@20", "warm_recall@20")
+COLUMNS = METRICS + SEGMENT_METRICS
+
+
+def record_value(record, metric):
+    """A record's test value of ``metric`` (a segment metric from its ``test_segments``), or None."""
+    if metric in SEGMENT_METRICS:
+        segment, _, name = metric.partition("_")
+        return ((record.get("test_segments") or {}).get(segment) or {}).get(name)
+    return record["test"].get(metric)
 
 
 def paired_wilcoxon(reference, other):
@@ -65,7 +81,9 @@ def summarise(records, results=None):
     Returns:
         list: one dict per row with ``dataset``, ``missing_rate``, ``model``,
         ``overrides``, ``label``, ``seeds``, ``mean`` and ``std`` (metric ->
-        value), ``best`` (metrics whose best mean in the section this is),
+        value, for :data:`COLUMNS`; None where no record has it),
+        ``cold_counts`` (the (users, interactions) of the cold segment),
+        ``best`` (metrics whose best mean in the section this is),
         ``seconds``, ``best_epochs``, ``scores`` (seed-averaged per-user
         test Recall@20, or None), ``common`` (the overrides every row of the
         dataset shares, left out of the labels), ``reference`` (the section's
@@ -99,7 +117,8 @@ def _row(group, results):
     first = group[0]
     per_user = [load_per_user(record, results) for record in group] if results else [None]
     seconds = [r["train_epoch_seconds"] for r in group if r.get("train_epoch_seconds") is not None]
-    values = {metric: [r["test"][metric] for r in group if metric in r["test"]] for metric in METRICS}
+    values = {metric: [v for v in (record_value(r, metric) for r in group) if v is not None] for metric in COLUMNS}
+    cold = [(r.get("test_segments") or {}).get("cold") for r in group]
     return {
         "dataset": first["dataset"],
         "missing_rate": float(first["missing_rate"]),
@@ -113,6 +132,7 @@ def _row(group, results):
         "seconds": float(np.mean(seconds)) if seconds else None,
         "best_epochs": [r.get("best_epoch") for r in group],
         "scores": pooled_scores(per_user) if all(p is not None for p in per_user) else None,
+        "cold_counts": sorted({(c["users"], c["interactions"]) for c in cold if c}),
     }
 
 
@@ -154,7 +174,7 @@ def _sections(rows):
 def _mark_best(section):
     for row in section:
         row["best"] = set()
-    for metric in METRICS:
+    for metric in COLUMNS:
         means = [row["mean"][metric] for row in section if row["mean"][metric] is not None]
         if not means:
             continue
@@ -193,21 +213,28 @@ def _p_cell(row):
     }.get(row["test_status"]) or f"{row['p']:.2g}"
 
 
-def _cells(row, bold):
+def _shown_metrics(rows):
+    """The metric columns of a table: the segment ones only when a row has test interactions with cold items."""
+    has_cold = any(row["mean"]["cold_recall@20"] is not None for row in rows)
+    return COLUMNS if has_cold else METRICS
+
+
+def _cells(row, bold, metrics=METRICS):
     """The cells of a row as the Markdown and LaTeX tables show them."""
     return [
         f"{row['missing_rate']:g}",
         row["label"],
         ", ".join(map(str, row["seeds"])),
-        *(_metric_cell(row, metric, bold) for metric in METRICS),
+        *(_metric_cell(row, metric, bold) for metric in metrics),
         f"{row['seconds']:.2f}" if row["seconds"] is not None else "n/a",
         ", ".join("n/a" if e is None else str(e) for e in row["best_epochs"]),
         _p_cell(row),
     ]
 
 
-HEADER = ["missing", "model", "seeds", *(f"{METRIC_NAMES[m]} (%)" for m in METRICS),
-          "s / train epoch", "best epoch", "Wilcoxon p"]
+def header(metrics=METRICS):
+    return ["missing", "model", "seeds", *(f"{METRIC_NAMES[m]} (%)" for m in metrics),
+            "s / train epoch", "best epoch", "Wilcoxon p"]
 
 
 def footnote(rows):
@@ -228,6 +255,17 @@ def footnote(rows):
         f"its seeds of that user's Recall@20. —: the reference row; n/a: per-user scores not "
         f"recorded for this row or the reference; n/a (equal): every user's score is the same.",
     ]
+    if _shown_metrics(rows) != METRICS:
+        counts = sorted({count for row in rows for count in row["cold_counts"]})
+        described = " / ".join(f"{users} users, {n} interactions" for users, n in counts)
+        lines.append(
+            f"Recall@20 cold items: test Recall@20 within the test interactions whose item has no training "
+            f"interaction (the new items drawn at new_item_rate, and any item the split gives none; "
+            f"{described or 'none'}); warm items: within the others. Per user, the user's test items "
+            f"of that segment in the top 20 over their number, averaged over the users having any; the top 20 "
+            f"is the full ranking, not one per segment. n/a: no test interaction in that segment, or "
+            f"not recorded (runs recorded before the breakdown was kept)."
+        )
     if common:
         lines.append("All rows: " + ", ".join(f"{k}={v}" for k, v in common.items()) + ".")
     return lines
@@ -237,8 +275,10 @@ def markdown(rows):
     r"""The rows as Markdown, one table per dataset, with the footnote."""
     out = []
     for (dataset,), dataset_rows in _by(rows, "dataset").items():
-        out += [f"### {dataset}", "", "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
-        out += ["| " + " | ".join(_cells(row, lambda text: f"**{text}**")) + " |" for row in dataset_rows]
+        metrics = _shown_metrics(dataset_rows)
+        head = header(metrics)
+        out += [f"### {dataset}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        out += ["| " + " | ".join(_cells(row, lambda text: f"**{text}**", metrics)) + " |" for row in dataset_rows]
         out += [""] + footnote(dataset_rows) + [""]
     return "\n".join(out)
 
@@ -250,11 +290,13 @@ def latex(rows):
 
     out = []
     for (dataset,), dataset_rows in _by(rows, "dataset").items():
-        out += [f"% {dataset}", r"\begin{tabular}{rl" + "l" * (len(HEADER) - 2) + "}", r"\toprule"]
-        out.append(" & ".join(escape(h) for h in HEADER) + r" \\")
+        metrics = _shown_metrics(dataset_rows)
+        head = header(metrics)
+        out += [f"% {dataset}", r"\begin{tabular}{rl" + "l" * (len(head) - 2) + "}", r"\toprule"]
+        out.append(" & ".join(escape(h) for h in head) + r" \\")
         out.append(r"\midrule")
         for row in dataset_rows:
-            cells = _cells(row, lambda text: f"BOLD{{{text}}}")
+            cells = _cells(row, lambda text: f"BOLD{{{text}}}", metrics)
             out.append(" & ".join(escape(c).replace("BOLD{", r"\textbf{") for c in cells) + r" \\")
         out += [r"\bottomrule", r"\end{tabular}", ""]
     return "\n".join(out)
@@ -263,8 +305,8 @@ def latex(rows):
 def write_csv(rows, path):
     r"""The rows as CSV: metric fractions (RecBole's scale), one column per statistic."""
     fields = ["dataset", "missing_rate", "model", "label", "overrides", "seeds"]
-    fields += [f"{m}_{stat}" for m in METRICS for stat in ("mean", "std")]
-    fields += ["best", "train_epoch_seconds", "best_epochs", "wilcoxon_reference", "wilcoxon_p",
+    fields += [f"{m}_{stat}" for m in COLUMNS for stat in ("mean", "std")]
+    fields += ["cold_test_users", "best", "train_epoch_seconds", "best_epochs", "wilcoxon_reference", "wilcoxon_p",
                "wilcoxon_users", "wilcoxon_status"]
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fields)
@@ -277,8 +319,9 @@ def write_csv(rows, path):
                 "label": row["label"],
                 "overrides": json.dumps(row["overrides"], sort_keys=True),
                 "seeds": ";".join(map(str, row["seeds"])),
-                **{f"{m}_{stat}": row[stat][m] for m in METRICS for stat in ("mean", "std")},
-                "best": ";".join(m for m in METRICS if m in row["best"]),
+                **{f"{m}_{stat}": row[stat][m] for m in COLUMNS for stat in ("mean", "std")},
+                "cold_test_users": ";".join(f"{users}/{n}" for users, n in row["cold_counts"]),
+                "best": ";".join(m for m in COLUMNS if m in row["best"]),
                 "train_epoch_seconds": row["seconds"],
                 "best_epochs": ";".join(map(str, row["best_epochs"])),
                 "wilcoxon_reference": row["reference"],

@@ -4,6 +4,7 @@ import inspect
 from collections import OrderedDict
 from time import perf_counter
 
+import numpy as np
 import torch
 from recbole.data.dataloader import FullSortEvalDataLoader
 from recbole.evaluator import Evaluator
@@ -76,16 +77,79 @@ class PerUserEvaluator(Evaluator):
         return super().evaluate(dataobject)
 
 
+SEGMENTS = ("cold", "warm")
+
+
+def segment_hits(scores, positive_u, positive_i, in_segment, k):
+    r"""Per user, the hits of the top ``k`` among the positives of each item segment.
+
+    The top ``k`` are taken as RecBole's collector takes them (``torch.topk``
+    of the same scores), so the two segments' hits add up to RecBole's.
+
+    Args:
+        scores (torch.Tensor): ``[n_users, n_items]``, excluded items at -inf.
+        positive_u, positive_i (torch.Tensor): row and item id of each positive.
+        in_segment (torch.Tensor): ``[n_items]`` bool, True for the first
+            segment (``cold``); the other items are the second (``warm``).
+
+    Returns:
+        tuple: ``hits`` ``[n_users, 2, k]`` (hits of each segment within the
+        top 1..k, cumulative) and ``positives`` ``[n_users, 2]`` (each
+        segment's positives), on the CPU.
+    """
+    in_segment, positive_u, positive_i = (t.to(scores.device) for t in (in_segment, positive_u, positive_i))
+    _, top = torch.topk(scores, k, dim=-1)
+    positive = torch.zeros_like(scores, dtype=torch.bool)
+    positive[positive_u, positive_i] = True
+    hit = positive.gather(1, top)
+    top_in = in_segment[top]
+    hits = torch.stack([(hit & top_in).cumsum(1), (hit & ~top_in).cumsum(1)], dim=1)
+    seg = in_segment[positive_i].long()
+    positives = torch.zeros(len(scores), 2, dtype=torch.long, device=scores.device)
+    positives.index_put_((positive_u, 1 - seg), torch.ones_like(seg), accumulate=True)
+    return hits.cpu(), positives.cpu()
+
+
+def segment_recall(hits, positives, topk):
+    r"""Recall@k within each item segment, per user and averaged.
+
+    A user's recall over a segment is the number of the user's positives of
+    that segment in the top k, divided by the number of the user's positives
+    of that segment; the segment's recall is its mean over the users having
+    any positive in it (like RecBole's Recall, which averages per-user recall).
+
+    Returns:
+        tuple: ``per_user`` (``"<segment>_recall@<k>"`` -> float array, NaN
+        for a user without positives in the segment) and ``summary``
+        (segment -> ``{"users", "interactions", "recall@<k>"}``, the recall
+        None when no user has a positive in the segment).
+    """
+    hits, positives = np.asarray(hits, dtype=float), np.asarray(positives)
+    per_user, summary = {}, {}
+    for j, segment in enumerate(SEGMENTS):
+        has = positives[:, j] > 0
+        summary[segment] = {"users": int(has.sum()), "interactions": int(positives[:, j].sum())}
+        for k in topk:
+            values = np.full(len(positives), np.nan)
+            values[has] = hits[has, j, k - 1] / positives[has, j]
+            per_user[f"{segment}_recall@{k}"] = values
+            summary[segment][f"recall@{k}"] = float(values[has].mean()) if has.any() else None
+    return per_user, summary
+
+
 class EvaluationResult(OrderedDict):
     r"""RecBole's evaluation result (metric -> mean over users) that carries its per-user values.
 
     ``per_user``: ``{"user_id": raw user tokens, "<metric>@<k>": values}``,
-    arrays aligned row by row, or None. It travels with the result through
-    callers that pass RecBole's result on unchanged (``run_recbole``'s
-    ``test_result``) and compares equal to a plain dict of the same means.
+    arrays aligned row by row, or None. ``segments``: the Recall@k of each
+    item segment (:func:`segment_recall`'s summary), or None. They travel
+    with the result through callers that pass RecBole's result on unchanged
+    (``run_recbole``'s ``test_result``); it compares equal to a plain dict of
+    the same means.
     """
 
     per_user = None
+    segments = None
 
 
 class PerUserScoresMixin:
@@ -100,34 +164,56 @@ class PerUserScoresMixin:
     ``per_user``) hold ``{"user_id": ..., "recall@20": ..., ...}``; None for
     sampled evaluation, and in multi-process runs, where each rank evaluates
     only its share of the users.
+
+    Item segments: on a dataset that marks its ``cold_items`` (items with no
+    training interaction, :class:`recbole_ci2mg.data.MultimodalDataset`), the
+    positives are split into cold and warm, and Recall@k is computed within
+    each (:func:`segment_recall`): the per-user values join
+    ``per_user_scores`` as ``cold_recall@<k>`` and ``warm_recall@<k>`` (NaN
+    for a user without positives of that segment), and their means are the
+    result's ``segments``. Computed under the same conditions as the per-user
+    scores.
     """
 
     def __init__(self, config, model):
         super().__init__(config, model)
         self.evaluator = PerUserEvaluator(config)
         self.per_user_scores = None
+        self.segment_scores = None
 
     def _full_sort_batch_eval(self, batched_data):
         interaction, scores, positive_u, positive_i = super()._full_sort_batch_eval(batched_data)
         self._evaluated_users.append(interaction[self.config["USER_ID_FIELD"]].cpu())
+        if self._cold_items is not None:
+            self._segment_batches.append(
+                segment_hits(scores, positive_u, positive_i, self._cold_items, max(self.config["topk"]))
+            )
         return interaction, scores, positive_u, positive_i
 
     def evaluate(self, eval_data, *args, **kwargs):
-        self._evaluated_users = []
+        self._evaluated_users, self._segment_batches = [], []
+        full_ranking = isinstance(eval_data, FullSortEvalDataLoader)
+        per_user_wanted = full_ranking and self.config["single_spec"]
+        cold = getattr(eval_data._dataset, "cold_items", None) if eval_data else None
+        self._cold_items = cold if per_user_wanted else None
         result = super().evaluate(eval_data, *args, **kwargs)
-        self.per_user_scores = None
+        self.per_user_scores, self.segment_scores = None, None
         if result is None:  # RecBole returns None for empty evaluation data
             return result
-        full_ranking = isinstance(eval_data, FullSortEvalDataLoader)
-        if full_ranking and self.config["single_spec"] and self.evaluator.per_user:
+        if per_user_wanted and self.evaluator.per_user:
             users = torch.cat(self._evaluated_users).numpy()
             rows = {len(values) for values in self.evaluator.per_user.values()}
             if rows != {len(users)}:  # would silently misalign users and scores
                 raise RuntimeError(f"Per-user scores have {rows} rows for {len(users)} evaluated users.")
             tokens = eval_data._dataset.id2token(self.config["USER_ID_FIELD"], users)
             self.per_user_scores = {"user_id": tokens.astype(str), **self.evaluator.per_user}
+            if self._segment_batches:
+                hits, positives = (torch.cat(parts) for parts in zip(*self._segment_batches))
+                segment_users, self.segment_scores = segment_recall(hits, positives, self.config["topk"])
+                self.per_user_scores.update(segment_users)
         result = EvaluationResult(result)
         result.per_user = self.per_user_scores
+        result.segments = self.segment_scores
         return result
 
 

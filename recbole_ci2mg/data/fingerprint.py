@@ -42,8 +42,9 @@ def data_fingerprint(config):
         split, else ``inter``; ``item``, ``user``, ... where present),
         ``features <modality>`` and ``keys <modality>``, and ``mask``: the
         hash of ``mask_file``, or how the mask is drawn (``missing_mode`` and
-        ``mask_seed``; ``missing_rate`` is part of the run itself). Roles, not
-        paths, so that the same data in another folder has the same
+        ``mask_seed``; ``missing_rate`` is part of the run itself), and, with
+        a ``new_item_rate`` above 0, ``new items``: how they are drawn. Roles,
+        not paths, so that the same data in another folder has the same
         fingerprint.
     """
     folder, name = config["data_path"], config["dataset"]
@@ -66,6 +67,8 @@ def data_fingerprint(config):
             fingerprint["mask"] = file_hash(mask_file if os.path.isabs(mask_file) else os.path.join(folder, mask_file))
         else:
             fingerprint["mask"] = f"drawn: missing_mode {config['missing_mode']}, mask_seed {config['mask_seed']}"
+    if config["new_item_rate"]:  # absent at 0, so that records from before the setting keep their fingerprint
+        fingerprint["new items"] = f"drawn: new_item_rate {config['new_item_rate']:g}, new_item_seed {config['new_item_seed']}"
     return fingerprint
 
 

@@ -22,6 +22,12 @@ from recbole_ci2mg.data.masks import (
     mask_file_name,
     save_masks,
 )
+from recbole_ci2mg.data.new_items import (
+    check_new_item_settings,
+    draw_new_items,
+    keep_or_check_saved,
+    new_item_file_name,
+)
 
 EMBEDDED_DATASET = "ml-100k-mm"
 
@@ -42,7 +48,20 @@ class MultimodalDataset(Dataset):
 
     The split datasets RecBole builds are shallow copies, so they share these.
     With no ``modalities`` configured it behaves as RecBole's ``Dataset`` plus
-    the benchmark-split check of :func:`recbole_ci2mg.compat.check_benchmark_split`.
+    the benchmark-split check of :func:`recbole_ci2mg.compat.check_benchmark_split`
+    and the new-item setting.
+
+    New-item setting (``new_item_rate``, ``new_item_seed``, every general model
+    alike): once RecBole has built the split, the training interactions of the
+    items drawn by :func:`recbole_ci2mg.data.new_items.draw_new_items` are
+    removed from the training split; valid and test keep theirs. Every split
+    dataset then holds
+
+    - ``new_items``: ``[n_items]`` bool tensor, the drawn items;
+    - ``cold_items``: ``[n_items]`` bool tensor, the items with no interaction
+      in the training split the model sees (the new items, plus any item the
+      split gives none; padding id 0 excluded), which the trainer's segment
+      recall reads (:class:`recbole_ci2mg.trainer.PerUserScoresMixin`).
     """
 
     def _from_scratch(self):
@@ -68,7 +87,75 @@ class MultimodalDataset(Dataset):
     def build(self):
         if self.benchmark_filename_list is not None:
             check_benchmark_split(self)
-        return super().build()
+        datasets = super().build()
+        # After the split, never before: dropping rows before it would shift the
+        # benchmark split's boundaries (see check_benchmark_split).
+        return self._remove_new_items(datasets)
+
+    def _remove_new_items(self, datasets):
+        r"""Remove the new items' interactions from the training split (``datasets[0]``).
+
+        The removed interactions are dropped, not hidden: they are neither
+        trained on nor excluded from the ranking (RecBole excludes the items of
+        the training split a user has), as if the items had not existed yet
+        when the training interactions were made.
+        """
+        new_item_rate = self._setting("new_item_rate", 0.0)
+        new_item_seed = self._setting("new_item_seed", 2024)
+        check_new_item_settings(new_item_rate, new_item_seed)
+        train = datasets[0]
+        degree = self._item_degree(train)
+        new = np.zeros(self.item_num, dtype=bool)
+        self.new_item_path = None
+        if new_item_rate > 0:
+            tokens = [str(t) for t in self.field2id_token[self.iid_field]]
+            new[1:] = draw_new_items(tokens[1:], degree[1:], new_item_rate, new_item_seed)
+            drawn = np.flatnonzero(new)
+            path = os.path.join(
+                self.dataset_path, "masks", new_item_file_name(self.dataset_name, new_item_rate, new_item_seed)
+            )
+            try:
+                reused = keep_or_check_saved(path, [tokens[i] for i in drawn], degree[drawn])
+                self.new_item_path = path
+            except OSError as error:
+                self.logger.warning(f"Could not save the new items to {path}: {error}")
+                reused = False
+            kept = ~new[train.inter_feat[self.iid_field].numpy()]
+            datasets[0] = train.copy(train.inter_feat[torch.from_numpy(kept)])
+            self._log_new_items(train, datasets, new, reused)
+        cold = self._item_degree(datasets[0]) == 0
+        cold[0] = False  # padding
+        for dataset in [self, *datasets]:
+            dataset.new_items = torch.from_numpy(new)
+            dataset.cold_items = torch.from_numpy(cold)
+        return datasets
+
+    def _item_degree(self, dataset):
+        return np.bincount(dataset.inter_feat[self.iid_field].numpy(), minlength=self.item_num)
+
+    def _log_new_items(self, train_before, datasets, new, reused):
+        def has_users(dataset):
+            return np.bincount(dataset.inter_feat[self.uid_field].numpy(), minlength=self.user_num) > 0
+
+        warm = self._item_degree(train_before)[1:] > 0
+        removed = len(train_before) - len(datasets[0])
+        lost_all = int((has_users(train_before) & ~has_users(datasets[0])).sum())
+        evaluated = [
+            f"{name} {int(new[d.inter_feat[self.iid_field].numpy()].sum())} of {len(d)}"
+            for name, d in zip(("valid", "test"), datasets[1:])
+        ]
+        where = f"{'checked against' if reused else 'saved to'} {self.new_item_path}" if self.new_item_path else "not saved"
+        lines = [
+            set_color("New items", "pink") + f" (new_item_rate {self._setting('new_item_rate', 0.0):g}, "
+            f"new_item_seed {self._setting('new_item_seed', 2024)}; {where})",
+            f"  {int(new.sum())} of the {int(warm.sum())} items with training interactions lose them "
+            f"({removed} of {len(train_before)} training interactions removed); "
+            f"{int((~warm).sum())} items had none already",
+            f"  interactions with new items kept for evaluation: {', '.join(evaluated)}",
+            f"  users whose every training interaction is removed: {lost_all}",
+        ]
+        self.new_item_summary = "\n".join(lines)
+        self.logger.info(self.new_item_summary)
 
     def _load_modalities(self):
         specs = parse_modality_specs(self.config["modalities"], self.dataset_path)
