@@ -3,13 +3,10 @@
 import numpy as np
 import pytest
 import torch
-from recbole.data import data_preparation
 from recbole.data.interaction import Interaction
-from recbole.utils import init_seed
 
-from conftest import planted_interactions, write_benchmark
-from recbole_ci2mg.quick_start import build_config, create_dataset, run_recbole
-from recbole_ci2mg.registry import get_model
+from conftest import modality_settings, prepare, seeded_loss, train_step, write_benchmark
+from recbole_ci2mg.quick_start import run_recbole
 
 MODELS = ["MMGCL", "SLMRec", "MMSSL"]
 
@@ -21,40 +18,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-def prepare(name, settings, dataset="tiny", **overrides):
-    """The model built on the training split, and the training data loader (batches of 64)."""
-    config = build_config(name, dataset, config_dict={**settings, "train_batch_size": 64, **overrides})
-    init_seed(config["seed"], True)
-    train, _, _ = data_preparation(config, create_dataset(config))
-    return get_model(name)(config, train._dataset), train
-
-
-def seeded_loss(model, batch, seed=0):
-    """``calculate_loss`` with the same random draws (augmentations, noise) every call, no update."""
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        return model.calculate_loss(batch).item()
-
-
-def train_step(model, batch, lr=0.01, seed=0):
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    torch.manual_seed(seed)
-    optimizer.zero_grad()
-    model.calculate_loss(batch).backward()
-    optimizer.step()
-
-
-def modality_settings(root, dims, missing_rate=0.0):
-    """The planted 60-user, 40-item benchmark; per entry of ``dims`` a noisy cluster-one-hot feature matrix."""
-    splits, clusters = planted_interactions()
-    rng = np.random.default_rng(3)
-    modalities = {
-        name: (rng.standard_normal((40, dim)).astype(np.float32) + np.eye(4, dim)[clusters].astype(np.float32), None)
-        for name, dim in dims.items()
-    }
-    return {**write_benchmark(root, "tiny", splits, modalities), "missing_rate": missing_rate}
 
 
 @pytest.mark.parametrize("name", MODELS)
