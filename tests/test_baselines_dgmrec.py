@@ -9,14 +9,12 @@ import numpy as np
 import pytest
 import torch
 from recbole.data import data_preparation
-from recbole.data.interaction import Interaction
 from recbole.utils import init_seed
 
-from conftest import planted_interactions, write_benchmark
+from conftest import both_scores, planted_interactions, train_step, write_benchmark
 from recbole_ci2mg import tuning
 from recbole_ci2mg.quick_start import build_config, create_dataset, run_recbole
 from recbole_ci2mg.registry import get_model
-from recbole_ci2mg.tuning import read_params_file
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -38,28 +36,6 @@ def build(settings, dataset="tiny", **overrides):
     init_seed(config["seed"], config["reproducibility"])
     model = get_model("DGMRec")(config, train._dataset)
     return config, model, train
-
-
-def train_step(model, optimizer, batch):
-    model.train()
-    optimizer.zero_grad()
-    loss = model.calculate_loss(batch)
-    loss.backward()
-    optimizer.step()
-    return loss
-
-
-def both_scores(model):
-    """``full_sort_predict`` and ``predict`` over every (user, item) pair, each ``[n_users - 1, n_items]``."""
-    users = torch.arange(1, model.n_users)
-    items = torch.arange(model.n_items)
-    with torch.no_grad():
-        full = model.full_sort_predict(Interaction({model.USER_ID: users})).view(len(users), -1)
-        pairs = Interaction(
-            {model.USER_ID: users.repeat_interleave(len(items)), model.ITEM_ID: items.repeat(len(users))}
-        )
-        pointwise = model.predict(pairs).view(len(users), -1)
-    return full, pointwise
 
 
 def one_missing(model, missing, present):
@@ -285,8 +261,21 @@ def test_predictive_content_beats_lightgcn(tmp_path):
 
 
 def test_shipped_search_space_names_dgmrec_settings(tiny):
-    params = read_params_file(REPO / "properties" / "hyper" / "DGMRec.hyper")
+    params = tuning.read_params_file(REPO / "properties" / "hyper" / "DGMRec.hyper")
     assert params["n_mm_layers"] == ("choice", [1, 2])
     assert params["graph_blend"] == ("choice", [0.4, 0.8])
     config = tuning.check_settings("DGMRec", "tiny", list(params), "DGMRec.hyper", config_dict=tiny)
     assert all(name in config.final_config_dict for name in params)
+
+
+@pytest.mark.parametrize(
+    "setting, message",
+    [
+        ({"graph_blend": 1.5}, r"graph_blend .* must be in \[0, 1\], got 1.5"),
+        ({"graph_refresh_step": -1}, r"graph_refresh_step must be an integer >= 0"),
+        ({"ui_align_temperature": 0.0}, r"ui_align_temperature must be > 0"),
+    ],
+)
+def test_bad_settings_are_refused(tiny, setting, message):
+    with pytest.raises(ValueError, match=message):
+        build(tiny, **setting)

@@ -58,7 +58,11 @@ class Representations:
     user_specific: list
 
     def fused(self):
-        r"""User ``[N_U, d]`` and item ``[N_V, d]`` vectors: :math:`e + (\frac{1}{M}\sum_m \bar{E}_g^m + \sum_m \bar{E}_s^m) / (M + 1)`."""
+        r"""User ``[N_U, d]`` and item ``[N_V, d]`` vectors.
+
+        .. math::
+            z = e + \Big(\frac{1}{M}\sum_m \bar{E}_g^m + \sum_m \bar{E}_s^m\Big) / (M + 1)
+        """
         n = len(self.general)
         user = self.user_id + (sum(self.user_general) / n + sum(self.user_specific)) / (n + 1)
         item = self.item_id + (sum(self.item_general) / n + sum(self.item_specific)) / (n + 1)
@@ -110,8 +114,8 @@ class DGMRec(GeneralRecommender):
       rows with the state dict.
     - **Fixed features.** Feature rows are buffers, changed only by generation. The
       reference code makes them trainable (``nn.Embedding``, ``freeze=False``), which lets
-      BPR move the rows of items with training interactions up and those without down
-      (they only ever appear as negatives), so that content could not carry a new item.
+      BPR push down the rows of items without training interactions (they only ever
+      appear as negatives), against the content path that must score them.
     - **Translator and generator targets** are the filtered, propagated features the
       decoder reads (:math:`\bar{E}^m`); the reference code fits the generator to the
       unpropagated :math:`E_s^m` and propagates its output afterwards. With more than
@@ -129,8 +133,10 @@ class DGMRec(GeneralRecommender):
       over, every batch (its loss enters the backward pass but adds 0 to the reported
       loss); the reference code trains it with a second Adam (lr 1e-4), five steps before
       each epoch, on unpropagated features.
-    - **Batches.** UI alignment takes the batch's (user, positive) pairs; the user and
-      item terms of the other InfoNCE losses the batch's distinct users and items. The
+    - **Batches.** UI alignment takes the batch's (user, positive) pairs (its term on
+      summed general features at ``inter_modal_temperature``, as the reference code);
+      the user and item terms of the other InfoNCE losses the batch's distinct users and
+      items. The
       perturbation :math:`x + \epsilon\,\mathrm{sign}(x) \odot \hat{n}` (``perturb_eps``,
       :math:`\hat{n}` a row-normalised uniform noise) is applied to the inputs of the
       translators, generators and decoder in training only, so generated features are
@@ -230,8 +236,11 @@ class DGMRec(GeneralRecommender):
             if not value > 0:
                 raise ValueError(f"DGMRec: {key} must be > 0, got {value}.")
         if not 0.0 <= self.graph_blend <= 1.0:
-            raise ValueError(f"DGMRec: graph_blend (λ, the weight of the new kNN rows) must be in [0, 1], got {self.graph_blend}.")
-        if isinstance(self.graph_refresh_step, bool) or not isinstance(self.graph_refresh_step, int) or self.graph_refresh_step < 0:
+            raise ValueError(
+                f"DGMRec: graph_blend (λ, the weight of the new kNN rows) must be in [0, 1], got {self.graph_blend}."
+            )
+        step = self.graph_refresh_step
+        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
             raise ValueError(
                 f"DGMRec: graph_refresh_step must be an integer >= 0 (epochs between graph refreshes, 0 = never), "
                 f"got {self.graph_refresh_step!r}."
@@ -306,10 +315,11 @@ class DGMRec(GeneralRecommender):
         """
         reps = self.representations()
         rows = torch.arange(self.n_items, device=self.device)
-        return [
-            self.decoders[m](torch.cat([self.translate(reps, m, rows), self.generate_specific(reps, m, rows)], dim=1))
-            for m in range(self.n_modalities)
-        ]
+        generated = []
+        for m, decoder in enumerate(self.decoders):
+            general, specific = self.translate(reps, m, rows), self.generate_specific(reps, m, rows)
+            generated.append(decoder(torch.cat([general, specific], dim=1)))
+        return generated
 
     @torch.no_grad()
     def fill_missing(self):
@@ -366,11 +376,10 @@ class DGMRec(GeneralRecommender):
             (m, (m + 1) % self.n_modalities) for m in range(self.n_modalities)
         ]
         inter_modal = 0.0
+        tau = self.inter_modal_temperature
         for a, b in pairs:
-            inter_modal = inter_modal + self._nce(reps.general[a][complete], reps.general[b][complete], self.inter_modal_temperature)
-            inter_modal = inter_modal + self._nce(
-                reps.user_general[a][users], reps.user_general[b][users], self.inter_modal_temperature
-            )
+            inter_modal = inter_modal + self._nce(reps.general[a][complete], reps.general[b][complete], tau)
+            inter_modal = inter_modal + self._nce(reps.user_general[a][users], reps.user_general[b][users], tau)
         club, estimator = 0.0, 0.0
         if self.club_weight > 0:
             for m in range(self.n_modalities):
@@ -390,8 +399,10 @@ class DGMRec(GeneralRecommender):
             complete = items[self.observed[items].all(dim=1)]
             for m in range(self.n_modalities):
                 seen = items[self.observed[items, m]]
-                loss = loss + self._mse(self.generate_specific(reps, m, seen, noise=True), reps.item_specific[m][seen])
-                loss = loss + self._mse(self.translate(reps, m, complete, noise=True), reps.item_general[m][complete])
+                specific = self.generate_specific(reps, m, seen, noise=True)
+                general = self.translate(reps, m, complete, noise=True)
+                loss = loss + self._mse(specific, reps.item_specific[m][seen])
+                loss = loss + self._mse(general, reps.item_general[m][complete])
             loss = self.generation_weight * loss
         recon = 0.0
         for m, features in enumerate(self.features):
@@ -406,7 +417,8 @@ class DGMRec(GeneralRecommender):
         ui = self._nce(reps.user_id[user], reps.item_id[pos_item], self.ui_align_temperature)
         ui = ui + self._nce(user_general[user], item_general[pos_item], self.inter_modal_temperature)
         for m in range(self.n_modalities):
-            ui = ui + self._nce(reps.user_specific[m][user], reps.item_specific[m][pos_item], self.ui_align_temperature)
+            user_specific, item_specific = reps.user_specific[m][user], reps.item_specific[m][pos_item]
+            ui = ui + self._nce(user_specific, item_specific, self.ui_align_temperature)
         bm = self._nce(reps.item_id[items], item_general[items], self.bm_align_temperature)
         bm = bm + self._nce(reps.user_id[users], user_general[users], self.bm_align_temperature)
         return self.ui_align_weight * ui + self.bm_align_weight * bm
