@@ -9,6 +9,7 @@ from recbole.utils import get_model as recbole_get_model
 
 from recbole_ci2mg.compat import keep_anomaly_mode
 from recbole_ci2mg.model import CI2MG, LightGCNM
+from recbole_ci2mg.model.baselines.dgmrec import DGMRec
 from recbole_ci2mg.model.baselines.freedom import FREEDOM
 from recbole_ci2mg.model.baselines.hccf import HCCF
 from recbole_ci2mg.model.baselines.vbpr import VBPR
@@ -30,6 +31,7 @@ PLUGIN_MODELS = {
     "MMSSL": MMSSL,
     "SiBraR": SiBraR,
     "MILK": MILK,
+    "DGMRec": DGMRec,
 }
 
 

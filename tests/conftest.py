@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from recbole.data import data_preparation
+from recbole.data.interaction import Interaction
 from recbole.utils import init_seed
 
 from recbole_ci2mg.quick_start import build_config, create_dataset
@@ -97,6 +98,7 @@ def seeded_loss(model, batch, seed=0):
 
 
 def train_step(model, batch, lr=0.01, seed=0):
+    """One Adam step from a fresh optimiser, with a fixed seed for the model's random draws."""
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     torch.manual_seed(seed)
     optimizer.zero_grad()
@@ -134,3 +136,26 @@ def tiny(tmp_path):
 def warnings_of(caplog):
     """The messages logged at WARNING that ``caplog`` captured."""
     return [record.getMessage() for record in caplog.records if record.levelname == "WARNING"]
+
+
+def optimizer_step(model, optimizer, batch):
+    """One training step as RecBole's trainer takes it (``model.train()`` first); returns the loss."""
+    model.train()
+    optimizer.zero_grad()
+    loss = model.calculate_loss(batch)
+    loss.backward()
+    optimizer.step()
+    return loss
+
+
+def both_scores(model):
+    """``full_sort_predict`` and ``predict`` over every (user, item) pair, each ``[n_users - 1, n_items]``."""
+    users = torch.arange(1, model.n_users)
+    items = torch.arange(model.n_items)
+    with torch.no_grad():
+        full = model.full_sort_predict(Interaction({model.USER_ID: users})).view(len(users), -1)
+        pairs = Interaction(
+            {model.USER_ID: users.repeat_interleave(len(items)), model.ITEM_ID: items.repeat(len(users))}
+        )
+        pointwise = model.predict(pairs).view(len(users), -1)
+    return full, pointwise

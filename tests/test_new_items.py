@@ -279,7 +279,9 @@ def test_a_run_reports_recall_within_cold_and_warm_items(tiny):
 
 
 def planted_new_items(root, n_clusters=8, items_per_cluster=30, users_per_cluster=15, n_train=6, seed=0):
-    r"""Users like items of their cluster; modality ``v`` is the cluster one-hot plus noise.
+    r"""Users like items of their cluster; modalities ``v`` and ``t`` are the cluster one-hot plus noise.
+
+    (Two modalities, so that models that generate one from another, DGMRec, run too.)
 
     Every user has a test item; the new-item draw then leaves about a fifth of
     them without training interactions, and only content can place those.
@@ -294,8 +296,10 @@ def planted_new_items(root, n_clusters=8, items_per_cluster=30, users_per_cluste
         splits["valid"].append((u, liked[n_train]))
         splits["test"].append((u, liked[n_train + 1]))
     v = np.eye(n_clusters)[clusters] + 0.1 * rng.standard_normal((n_items, n_clusters))
+    t = np.eye(n_clusters)[clusters] + 0.1 * rng.standard_normal((n_items, n_clusters))
     keys = list(range(n_items))  # items in no split are left out by RecBole
-    return write_benchmark(root, "tiny", splits, {"v": (v.astype(np.float32), keys)}), n_items
+    modalities = {"v": (v.astype(np.float32), keys), "t": (t.astype(np.float32), keys)}
+    return write_benchmark(root, "tiny", splits, modalities), n_items
 
 
 def trained_on_planted(root, name):

@@ -132,3 +132,46 @@ def cached_knn_neighbours(features, observed, k, cache_dir=None, name="features"
         except OSError as error:
             logger.warning(f"Could not cache the kNN graph of {name} in {cache_dir}: {error}")
     return neighbours, path, False
+
+
+def similarity_knn_adj(features, k, nodes=None):
+    r"""LATTICE's normalised kNN graph with cosine weights, over the ``nodes`` only.
+
+    .. math::
+        A_{ij} = \max(0, S_{ij}) \;\; \text{for } j \in \mathcal{N}_k(i), \qquad
+        \hat{A} = D^{-1/2} A D^{-1/2}, \;\; D = \operatorname{diag}(A \mathbf{1})
+
+    where :math:`S` is the cosine similarity and :math:`\mathcal{N}_k(i)` the
+    ``k`` most similar rows among ``nodes`` (the row itself included), as
+    :func:`knn_neighbours`. A row outside ``nodes`` (e.g. an item whose
+    modality is missing) has one edge, to itself, and is nobody's neighbour;
+    negative similarities are cut at 0 so that every degree is non-negative,
+    and a row of degree 0 (an all-zero feature row) stays empty.
+
+    Args:
+        features: ``[N, d]`` float tensor.
+        k (int): neighbours per row.
+        nodes: ``[N]`` bool tensor, the rows that take part; default all.
+
+    Returns:
+        torch sparse COO tensor ``[N, N]``, coalesced, on the features' device.
+    """
+    n = features.shape[0]
+    device = features.device
+    nodes = torch.ones(n, dtype=torch.bool, device=device) if nodes is None else nodes.to(device)
+    members = torch.nonzero(nodes).squeeze(1)  # [n']
+    outsiders = torch.nonzero(~nodes).squeeze(1)
+    rows, cols = outsiders, outsiders
+    values = torch.ones(outsiders.numel(), device=device)
+    if members.numel():
+        unit = torch.nn.functional.normalize(features.float(), dim=1)
+        neighbours = knn_neighbours(unit[members], k).to(device)  # [n', k'] in member positions
+        member_rows = members.repeat_interleave(neighbours.shape[1])
+        member_cols = members[neighbours.reshape(-1)]
+        weights = (unit[member_rows] * unit[member_cols]).sum(dim=1).clamp(min=0.0)
+        rows, cols = torch.cat([member_rows, rows]), torch.cat([member_cols, cols])
+        values = torch.cat([weights, values])
+    degree = torch.zeros(n, device=device).index_add_(0, rows, values)
+    inv_sqrt = torch.where(degree > 0, degree.clamp(min=1e-12).rsqrt(), torch.zeros_like(degree))
+    values = values * inv_sqrt[rows] * inv_sqrt[cols]
+    return torch.sparse_coo_tensor(torch.stack([rows, cols]), values, (n, n), check_invariants=True).coalesce()
