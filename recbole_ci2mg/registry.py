@@ -15,6 +15,8 @@ from recbole_ci2mg.model.baselines.vbpr import VBPR
 from recbole_ci2mg.model.baselines.mmgcl import MMGCL
 from recbole_ci2mg.model.baselines.mmssl import MMSSL
 from recbole_ci2mg.model.baselines.slmrec import SLMRec
+from recbole_ci2mg.model.baselines.simgcl import SimGCL
+from recbole_ci2mg.model.baselines.bm3 import BM3
 
 # name on the command line -> model class
 PLUGIN_MODELS = {
@@ -26,6 +28,8 @@ PLUGIN_MODELS = {
     "MMGCL": MMGCL,
     "SLMRec": SLMRec,
     "MMSSL": MMSSL,
+    "SimGCL": SimGCL,
+    "BM3": BM3,
 }
 
 
