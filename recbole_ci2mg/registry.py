@@ -18,6 +18,8 @@ from recbole_ci2mg.model.baselines.mmssl import MMSSL
 from recbole_ci2mg.model.baselines.slmrec import SLMRec
 from recbole_ci2mg.model.baselines.sibrar import SiBraR
 from recbole_ci2mg.model.baselines.milk import MILK
+from recbole_ci2mg.model.baselines.simgcl import SimGCL
+from recbole_ci2mg.model.baselines.bm3 import BM3
 
 # name on the command line -> model class
 PLUGIN_MODELS = {
@@ -32,6 +34,8 @@ PLUGIN_MODELS = {
     "SiBraR": SiBraR,
     "MILK": MILK,
     "DGMRec": DGMRec,
+    "SimGCL": SimGCL,
+    "BM3": BM3,
 }
 
 

@@ -162,6 +162,22 @@ def content_models():
     ]
 
 
+# Models whose scores read no content: content enters only their training losses.
+SCORES_WITHOUT_CONTENT = {
+    "BM3": "BM3 (as its paper designs it) scores with the ID encoder only; content shapes the "
+           "training losses, so an item without training interactions keeps its initial ID embedding",
+}
+
+
+def content_scorers():
+    """:func:`content_models`, those of :data:`SCORES_WITHOUT_CONTENT` as strict expected failures."""
+    return [
+        pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=SCORES_WITHOUT_CONTENT[name]))
+        if name in SCORES_WITHOUT_CONTENT else name
+        for name in content_models()
+    ]
+
+
 def model_on(name, settings, **overrides):
     """A fresh, seeded model on the training split at ``new_item_rate`` 0.3, its config and training loader."""
     config = build_config(name, "tiny", config_dict={**settings, "new_item_rate": 0.3, **overrides})
@@ -177,7 +193,7 @@ def all_scores(model):
         return model.full_sort_predict(users).view(model.n_users - 1, -1)
 
 
-@pytest.mark.parametrize("name", content_models())
+@pytest.mark.parametrize("name", content_scorers())
 def test_content_models_score_new_items_from_their_content(tiny, name):
     model, config, train = model_on(name, tiny)
     dataset = train._dataset
@@ -344,7 +360,7 @@ def new_item_ranks(model, test):
     return np.mean(among_all), np.mean(among_new)
 
 
-@pytest.mark.parametrize("name", content_models())
+@pytest.mark.parametrize("name", content_scorers())
 def test_content_models_rank_planted_new_items_above_random(tmp_path, name):
     among_all, among_new = new_item_ranks(*trained_on_planted(tmp_path / "data", name))
     # random: 0.5 for both. Without new items kept out of the training negatives VBPR fell to 0.43 among all items.
