@@ -27,15 +27,8 @@ CASES = [(name, {}) for name in sorted(PLUGIN_MODELS)] + [
     ("CI2MG", {"ot_solver": "prototype", "ot_eval_plan": "reuse"}),
     ("CI2MG", {"ot_warm_start": True, "ot_plan_refresh": 2}),
 ]
+pytestmark = pytest.mark.usefixtures("one_thread")
 IDS = [name + "".join(f"-{k}={v}" for k, v in options.items()) for name, options in CASES]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def prepare(name, settings, options, device):
