@@ -345,7 +345,7 @@ class LowRankDelta(nn.Module):
         return self.U @ (self.V - self.V.mean(dim=0)).T / self.n_items
 
     def forward(self, values):
-        """:math:`\Delta T` ``values`` and the row sums of :math:`\Delta T` (zero up to round-off)."""
+        """:math:`\\Delta T` ``values`` and the row sums of :math:`\\Delta T` (zero up to round-off)."""
         V = self.V - self.V.mean(dim=0)  # [N, r]
         return self.U @ (V.T @ values) / self.n_items, self.U @ V.sum(dim=0) / self.n_items
 
