@@ -246,7 +246,7 @@ class BlockDiagonalPlan:
     Block :math:`b` is :math:`s \, \mathrm{diag}(f_b) K_b \mathrm{diag}(g_b)`
     over the items ``blocks[b]`` (rows and columns alike): the kernel and the
     Sinkhorn scalings of :func:`sinkhorn_scalings`, scaled so each block has
-    all-ones marginals. A block whose kernel overflowed holds the plan itself
+    all-ones marginals. A block whose kernel underflowed holds the plan itself
     as ``K`` with unit scalings.
 
     Args:
@@ -273,15 +273,6 @@ class BlockDiagonalPlan:
         rows = torch.cat(rows)
         out = values.new_zeros(self.n_items, d).index_copy(0, rows, torch.cat(moved))
         return out, values.new_zeros(self.n_items).index_copy(0, rows, torch.cat(mass))
-
-    def dense(self):
-        """The ``[N, N]`` matrix (tests and small catalogues only)."""
-        matrix = torch.zeros(self.n_items, self.n_items, dtype=self.groups[0][1].dtype, device=self.groups[0][1].device)
-        for blocks, K, f, g in self.groups:
-            plans = f.unsqueeze(2) * K * g.unsqueeze(1) * blocks.shape[1]
-            for index, plan in zip(blocks, plans):
-                matrix[index.unsqueeze(1), index.unsqueeze(0)] = plan
-        return matrix
 
 
 class PrototypePlan:
