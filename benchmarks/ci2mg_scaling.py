@@ -633,7 +633,8 @@ def build_parser():
                         help=f"default: {' '.join(DEFAULT_DATASETS)} (also: baby, or any converted dataset)")
     parser.add_argument("--models", nargs="+", help="run these models on every dataset (default: per dataset, "
                         "LightGCN, [LightGCN-M on tiktok,] CI2MG)")
-    parser.add_argument("--solvers", nargs="+", choices=["scalable", "dense"], help="CI2MG solvers (default: both)")
+    parser.add_argument("--solvers", nargs="+", choices=["scalable", "dense", "prototype"],
+                        help="CI2MG solvers (default: scalable and dense)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed training steps first (default 2)")
     parser.add_argument("--steps", type=int, default=5, help="timed training steps (default 5)")
     parser.add_argument("--budget-s", type=float, default=900.0,

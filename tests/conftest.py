@@ -31,6 +31,17 @@ def isolated_run(tmp_path, monkeypatch):
     yield
 
 
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test: tiny tensors on shared cores gain nothing from a second, only waiting."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def write_benchmark(root, name, splits, modalities=None):
     r"""Write ``root/name/name.{train,valid,test}.inter`` and feature files.
 

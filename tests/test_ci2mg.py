@@ -8,16 +8,26 @@ import subprocess
 import sys
 
 import numpy as np
+import ot
 import pytest
+import scipy.sparse as sp
 import torch
+from recbole.config import Config
 from recbole.data import data_preparation
 from recbole.data.interaction import Interaction
 from recbole.utils import init_seed
 
 from conftest import REPO, planted_interactions, write_benchmark
 from recbole_ci2mg.model import CI2MG, LightGCNM
+from recbole_ci2mg.model.layers.content import standardise
+from recbole_ci2mg.model.layers.graph import ConstantSparse, MeanAggregation
 from recbole_ci2mg.model.layers.hypergraph import PrototypeHypergraph, hypergraph_degrees
-from recbole_ci2mg.model.layers.transport import InterModalityTransport, dense_plan
+from recbole_ci2mg.model.layers.transport import (
+    InterModalityTransport,
+    dense_plan,
+    mean_squared_distance,
+    sinkhorn_scalings,
+)
 from recbole_ci2mg.quick_start import build_config, create_dataset, run_recbole
 from recbole_ci2mg.registry import get_model
 
@@ -119,6 +129,26 @@ def test_no_modalities_is_a_clear_error(tmp_path):
         CI2MG(config, train._dataset)
 
 
+def test_a_config_without_the_model_yaml_is_a_clear_error(tmp_path):
+    # RecBole's own quick start builds its Config from RecBole's properties only: every
+    # key of properties/model/CI2MG.yaml is unset there, and an unset switch must not
+    # quietly read as "off"
+    model, train, *_ = build(tmp_path, 2)
+    settings = write_dataset(tmp_path / "d2", 2)
+    recbole_config = Config(model=CI2MG, dataset="tiny", config_dict=settings)
+    with pytest.raises(ValueError, match=r"`embedding_size` is not set.*properties/model/CI2MG.yaml"):
+        CI2MG(recbole_config, train._dataset)
+    ours = build_config("CI2MG", "tiny", config_dict=settings)
+    shared = {key: ours[key] for key in
+              ("embedding_size", "n_layers", "reg_weight", "require_pow", "leave_batch_edges_out")}
+    recbole_config = Config(model=CI2MG, dataset="tiny", config_dict={**settings, **shared})
+    with pytest.raises(ValueError, match=r"`use_intra` is not set.*properties/model/CI2MG.yaml"):
+        CI2MG(recbole_config, train._dataset)
+    recbole_config = Config(model=LightGCNM, dataset="tiny", config_dict={**settings, **shared})
+    with pytest.raises(ValueError, match=r"`use_intra` is not set.*properties/model/LightGCNM.yaml"):
+        LightGCNM(recbole_config, train._dataset)
+
+
 def test_lightgcn_m_is_ci2mg_with_every_component_off(tmp_path):
     assert get_model("LightGCN-M") is LightGCNM
     model, train, *_ = build(tmp_path, 2, model="LightGCN-M")
@@ -127,6 +157,36 @@ def test_lightgcn_m_is_ci2mg_with_every_component_off(tmp_path):
     config = build_config("LightGCN-M", "tiny", config_dict={**write_dataset(tmp_path / "d2", 2), "use_intra": True})
     with pytest.raises(ValueError, match="use_intra is on"):
         LightGCNM(config, train._dataset)
+
+
+# --- projection and Eq. 1 -----------------------------------------------------
+
+
+def test_content_encoder_projects_observed_rows_as_the_whole_matrix_would(tmp_path):
+    model, train, *_ = build(tmp_path, 2, missing_rate=0.5)
+    dataset = train._dataset
+    for m, name in enumerate(model.modality_names):
+        features, observed = dataset.modality_features[name], dataset.modality_observed[name].bool()
+        projection = model.content.projections[m]
+        whole = projection(standardise(features, observed))  # every row, missing ones as zeros
+        got = model.content.project(m)
+        torch.testing.assert_close(got, whole)
+        assert torch.equal(got[~observed], projection.bias.expand(int((~observed).sum()), -1))
+        assert model.content.observed_features(m).shape[0] == int(observed.sum())  # missing rows not kept
+
+
+def test_constant_sparse_products_backpropagate_as_torch_sparse_mm():
+    rng = np.random.default_rng(0)
+    matrix = sp.random(30, 20, density=0.2, random_state=rng, dtype=np.float32)
+    constant = ConstantSparse(matrix, "cpu")
+    reference = torch.sparse_coo_tensor(np.vstack([matrix.row, matrix.col]), matrix.data, matrix.shape)
+    values = torch.randn(20, 4, requires_grad=True)
+    weights = torch.randn(30, 4)
+    (constant @ values * weights).sum().backward()
+    ours, values.grad = values.grad, None
+    (torch.sparse.mm(reference, values) * weights).sum().backward()
+    torch.testing.assert_close(ours, values.grad)
+    torch.testing.assert_close(constant.T @ weights, torch.sparse.mm(reference.t(), weights))
 
 
 # --- Eq. 3-5: hypergraph -------------------------------------------------------
@@ -171,6 +231,37 @@ def relative_error(approx, exact):
     return max(((a - e).norm() / (e - e.mean(dim=0)).norm()).item() for a, e in zip(approx, exact))
 
 
+def test_batched_sinkhorn_is_pots_batched_sinkhorn():
+    x, y = two_modalities(n=90)
+    blocks = torch.randperm(90, generator=torch.Generator().manual_seed(0)).view(3, 30)
+    cost = InterModalityTransport.block_cost(x, y, blocks, mean_squared_distance(x, y))
+    for tol in (1e-4, 1e-8):  # stopped early, and converged
+        f, g = sinkhorn_scalings(torch.exp(-cost / 0.05), 200, tol)
+        pot = ot.batch.solve_batch(cost, 0.05, max_iter=200, tol=tol, method="sinkhorn", grad="detach").plan
+        torch.testing.assert_close(f.unsqueeze(2) * torch.exp(-cost / 0.05) * g.unsqueeze(1), pot)
+
+
+def test_prototype_plan_has_all_ones_marginals_and_trains(tmp_path):
+    views = two_modalities(n=120, d=8)
+    hypergraphs = [PrototypeHypergraph(8, 6, 1, 0.5) for _ in views]
+    incidences = [hypergraph(view)[1] for hypergraph, view in zip(hypergraphs, views)]
+    transport = InterModalityTransport(120, 2, "prototype", 0.05, 3000, 1e-9, 0, 4).train()
+    transport(views, incidences)
+    for plan in (transport.plans[(0, 1)], transport.plans[(1, 0)]):
+        ones = torch.ones(120, 1)
+        moved, mass = plan.apply(ones)
+        torch.testing.assert_close(mass, torch.ones(120), atol=1e-4, rtol=0)
+        torch.testing.assert_close(plan.T.apply(ones)[0].squeeze(1), torch.ones(120), atol=1e-4, rtol=0)
+    with pytest.raises(ValueError, match="needs use_intra"):
+        transport(views)
+
+    model, train, *_ = build(tmp_path, 2, ot_solver="prototype")
+    model.train()
+    loss = model.calculate_loss(first_batch(train))
+    loss.backward()
+    assert torch.isfinite(loss) and model.transport.delta(0, 1).V.grad.abs().sum() > 0
+
+
 def test_dense_plan_has_all_ones_marginals():
     x, y = two_modalities(n=120)
     plan = dense_plan(x, y, reg=0.05, max_iter=3000, tol=1e-9)
@@ -207,14 +298,16 @@ def test_dense_and_scalable_solvers_agree_on_a_small_catalogue():
     assert errors[2] < 0.35
 
 
-@pytest.mark.parametrize("refresh, solves_per_epoch", [("step", 3), ("epoch", 1)])
+@pytest.mark.parametrize("refresh, solves_per_epoch", [("step", 3), (2, 2), ("epoch", 1)])
 def test_plan_refresh_and_evaluation_partition(refresh, solves_per_epoch):
     views = two_modalities(n=120, d=8)
 
-    def transport_and_counter():
-        transport = InterModalityTransport(120, 2, "scalable", 0.05, 50, 1e-6, 40, 4, seed=1, refresh=refresh)
+    def transport_and_counter(**options):
+        transport = InterModalityTransport(
+            120, 2, "scalable", 0.05, 50, 1e-6, 40, 4, seed=1, refresh=refresh, **options
+        )
         solve, calls = transport.solve, []
-        transport.solve = lambda Qs: calls.append(1) or solve(Qs)
+        transport.solve = lambda Qs, incidences=None: calls.append(1) or solve(Qs, incidences)
         return transport, calls
 
     transport, calls = transport_and_counter()
@@ -236,6 +329,28 @@ def test_plan_refresh_and_evaluation_partition(refresh, solves_per_epoch):
     reloaded, _ = transport_and_counter()
     reloaded.load_state_dict(transport.state_dict())
     assert all(torch.allclose(a, b) for a, b in zip(reloaded.eval()(views), first))
+
+    # ot_eval_plan: reuse evaluates with the plans training solved last
+    reusing, calls = transport_and_counter(eval_plan="reuse")
+    trained = reusing.train()(views)
+    reusing.eval()
+    calls.clear()
+    assert all(torch.equal(a, b) for a, b in zip(reusing(views), trained)) and not calls
+
+
+def test_warm_start_keeps_one_partition_and_converges_to_the_same_plans():
+    views = two_modalities(n=120, d=8)
+    cold = InterModalityTransport(120, 2, "scalable", 0.05, 500, 1e-7, 40, 4, seed=1, warm_start=True).train()
+    first = cold(views)
+    order = cold.block_order.clone()
+    moved = [v + 0.01 * torch.randn_like(v) for v in views]
+    warm_out = cold(moved)  # starts from the first solve's scalings
+    assert torch.equal(cold.block_order, order)
+    fresh = InterModalityTransport(120, 2, "scalable", 0.05, 500, 1e-7, 40, 4, seed=1, warm_start=True).train()
+    fresh.block_order.copy_(order)
+    fresh_out = fresh(moved)  # the same problem from unit scalings
+    assert relative_error(warm_out, fresh_out) < 1e-3
+    assert relative_error(first, fresh_out) > relative_error(warm_out, fresh_out)
 
 
 @pytest.mark.parametrize("solver", ["dense", "scalable"])
@@ -289,6 +404,7 @@ LARGE_CATALOGUE_SCRIPT = f"""
 import json, resource, sys
 sys.path[:0] = [{str(REPO / "tests")!r}, {str(REPO)!r}]
 import numpy as np, torch
+from recbole.config import Config
 from recbole.data import data_preparation
 from conftest import write_benchmark
 from recbole_ci2mg.quick_start import build_config, create_dataset
@@ -345,7 +461,7 @@ def test_contrastive_loss_has_gradient_and_prefers_aligned_views(tmp_path):
     model.train()
     _, _, views = model.forward()
     model.contrastive_loss(views["Q"], views["Q_hat"], first_batch(train)[model.ITEM_ID]).backward()
-    assert model.projections[0].weight.grad.abs().sum() > 0
+    assert model.content.projections[0].weight.grad.abs().sum() > 0
 
 
 # --- Eq. 12: reconstruction ----------------------------------------------------
@@ -389,7 +505,7 @@ def test_valid_and_test_interactions_never_enter_the_graphs(tmp_path):
     held_out = (pairs_of(valid, model) | pairs_of(test, model)) - train_pairs
     assert len(held_out) >= 120
 
-    rows, cols = model.norm_adj_matrix.coalesce().indices()
+    rows, cols = model.norm_adj_matrix.to_coo().indices()
     user_side = rows < model.n_users
     adjacency = set(zip(rows[user_side].tolist(), (cols[user_side] - model.n_users).tolist()))
     users, items = model.aggregation.user_from_items.coalesce().indices()
@@ -414,24 +530,35 @@ def test_training_leaves_the_batch_positive_edges_out_of_eq1(tmp_path):
     full = edges(model.aggregation.user_from_items)
     assert targets <= full
 
-    seen_graphs = []
+    seen = []
     forward = model.forward
-    model.forward = lambda graph=None: seen_graphs.append(graph) or forward(graph)
+    model.forward = lambda left_out=None: seen.append(left_out) or forward(left_out)
     model.train()
     model.calculate_loss(batch)
-    user_from_items, item_from_users, has_neighbours = seen_graphs[0]
-    assert edges(user_from_items) == full - targets
-    assert {(u, i) for i, u in edges(item_from_users)} == full - targets
-    # rows stay means over what is left: every user with an edge left sums to one
-    row_sums = torch.sparse.sum(user_from_items, dim=1).to_dense()
-    assert torch.allclose(row_sums[row_sums > 0], torch.ones(1))
+    left_out = seen[0]
+    assert set(zip(left_out.users.tolist(), left_out.items.tolist())) == targets
+    assert len(left_out.users) == len(targets)  # each edge once
+
+    # Eq. 1 with them left out is Eq. 1 over the graph rebuilt without them: rows stay means
+    # over what is left, and an item left without users keeps its own features
+    remaining = sorted(full - targets)
+    rebuilt = MeanAggregation(
+        sp.coo_matrix(
+            (np.ones(len(remaining)), ([u for u, _ in remaining], [i for _, i in remaining])),
+            shape=(model.n_users, model.n_items),
+        ),
+        model.device,
+    )
+    features = torch.randn(model.n_items, 5, generator=torch.Generator().manual_seed(0))
+    for got, expected in zip(model.aggregation(features, left_out), rebuilt(features)):
+        torch.testing.assert_close(got, expected)
     left = {i for _, i in full - targets}
-    assert {i for i in range(model.n_items) if has_neighbours[i]} == left
+    assert {i for i in range(model.n_items) if left_out.item_degree[i] > 0} == left
 
     model.leave_batch_edges_out = False  # the paper's graph as written: the targets stay in
-    seen_graphs.clear()
+    seen.clear()
     model.calculate_loss(batch)
-    assert seen_graphs == [None]
+    assert seen == [None]
 
 
 def test_mean_aggregation_without_ignores_pairs_that_are_not_edges(tmp_path):
@@ -440,8 +567,10 @@ def test_mean_aggregation_without_ignores_pairs_that_are_not_edges(tmp_path):
     full = edges(aggregation.user_from_items)
     absent = next((u, i) for u in range(1, model.n_users) for i in range(1, model.n_items) if (u, i) not in full)
     present = sorted(full)[0]
-    users, items = torch.tensor([absent[0], present[0]]), torch.tensor([absent[1], present[1]])
-    assert edges(aggregation.without(users, items)[0]) == full - {present}
+    users, items = torch.tensor([absent[0], present[0], present[0]]), torch.tensor([absent[1], present[1], present[1]])
+    left_out = aggregation.without(users, items)
+    assert list(zip(left_out.users.tolist(), left_out.items.tolist())) == [present]
+    assert left_out.user_degree[present[0]] == aggregation.user_degree[present[0]] - 1
 
 
 # --- evaluation ----------------------------------------------------------------

@@ -21,6 +21,7 @@ from recbole_ci2mg.quick_start import (
     load_data_and_model,
     objective_function,
     run_recbole,
+    set_torch_threads,
 )
 from recbole_ci2mg.trainer import get_trainer
 
@@ -45,6 +46,25 @@ def test_recbole_baselines_train_and_evaluate(tiny, model):
     }
     assert result["epochs_trained"] == 2 and result["best_epoch"] in (0, 1)
     assert 0.0 <= result["test_result"]["recall@20"] <= 1.0
+
+
+def test_torch_threads_default_applies_before_training_unless_omp_num_threads_is_set(tiny, monkeypatch):
+    threads = torch.get_num_threads()
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    try:
+        torch.set_num_threads(3)  # what torch starts with on a 3-core machine
+        run_recbole("BPR", "tiny", config_dict={**tiny, "epochs": 1})
+        assert torch.get_num_threads() == 1  # properties/overall.yaml's torch_threads
+
+        torch.set_num_threads(3)
+        assert set_torch_threads(build_config("BPR", "tiny", config_dict={**tiny, "torch_threads": "auto"})) == 3
+        assert set_torch_threads(build_config("BPR", "tiny", config_dict={**tiny, "torch_threads": 2})) == 2
+        monkeypatch.setenv("OMP_NUM_THREADS", "2")  # the user's explicit choice wins
+        assert set_torch_threads(build_config("BPR", "tiny", config_dict=tiny)) == 2
+        with pytest.raises(ValueError, match="torch_threads must be a positive integer or auto"):
+            set_torch_threads(build_config("BPR", "tiny", config_dict={**tiny, "torch_threads": 0}))
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_checkpoint_is_plain_data_and_reloads_to_the_same_scores(tiny):

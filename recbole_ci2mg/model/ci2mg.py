@@ -7,26 +7,27 @@ Reference:
     Enhancing Incomplete Multimedia Recommendation." in ACM MM 2023.
 
 No official implementation exists. Where the paper is silent this file follows
-``design/ci2mg-model.md``; each decision is stated where it is made.
+``design/ci2mg-model.md``; each module states the decisions it takes.
 """
+
+from functools import partial
 
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from recbole.model.abstract_recommender import GeneralRecommender
 from recbole.model.init import xavier_uniform_initialization
 from recbole.model.loss import BPRLoss, EmbLoss
 from recbole.utils import InputType
 
 from recbole_ci2mg.data import require_modalities
-from recbole_ci2mg.model.layers.graph import (
-    MeanAggregation,
-    lightgcn_propagate,
-    symmetric_norm_adj,
-)
+from recbole_ci2mg.model.layers.augment import info_nce
+from recbole_ci2mg.model.layers.content import ContentEncoder
+from recbole_ci2mg.model.layers.fusion import TaskGuidedFusion
+from recbole_ci2mg.model.layers.graph import ConstantSparse, MeanAggregation, lightgcn_propagate, normalised_adjacency
 from recbole_ci2mg.model.layers.hypergraph import PrototypeHypergraph
 from recbole_ci2mg.model.layers.transport import InterModalityTransport
+from recbole_ci2mg.model.settings import require_setting
 
 SWITCHES = ("use_intra", "use_inter", "use_contrastive", "use_task_guided")
 
@@ -37,75 +38,40 @@ class CI2MG(GeneralRecommender):
     the two views contrastively, and scores users and items on their ID and completed
     modality embeddings.
 
-    Readings of the paper, where it is silent or ambiguous:
+    :meth:`forward` follows the paper's Figure 2 from top to bottom; each box is a
+    module whose docstring gives its equations and the readings taken where the
+    paper is silent:
 
-    - **Inputs.** Each modality is standardised with its observed rows' mean
-      and standard deviation; missing rows are re-imputed with the observed
-      mean from the mask, so they are exactly zero after standardisation and
-      the model never reads a missing row's raw values. A learnable linear map
-      ``d_m -> d`` projects each modality (needed because ``d_m != d``).
-    - **Eq. 1** aggregates the projected features over training interactions;
-      an item without any keeps its own projected row. In training, the
-      batch's positive edges are left out of this aggregation
-      (``leave_batch_edges_out``, default True): with them in, a positive's
-      own features sit on both sides of its Eq. 13 score, a shortcut BPR
-      learns and evaluation never offers (see
-      :class:`~recbole_ci2mg.model.layers.graph.MeanAggregation`).
-    - **Eq. 2** is a LightGCN propagation (mean over layers of the
-      symmetrically normalised graph), the common and stronger reading of the
-      paper's per-layer ``σ(D^{-1} R X W)``.
-    - **Eq. 3-5**: incidence by a softmax over the K prototypes of the
-      cosine similarity at temperature ``hyper_temperature``
-      (:class:`~recbole_ci2mg.model.layers.hypergraph.PrototypeIncidence`),
-      HGNN convolution with learnable positive hyperedge weights, LeakyReLU.
-    - **Eq. 6-9**: see :mod:`recbole_ci2mg.model.layers.transport`
-      (``ot_solver``: ``dense`` or ``scalable`` mini-batch OT with low-rank ΔT).
-    - **Eq. 10**: InfoNCE with cosine similarity at temperature
-      ``cl_temperature`` between the intra view :math:`Q^m` and the inter view
-      :math:`\hat{Q}^m`, over the batch's distinct positive items (the other
-      items of the batch are the negatives), averaged over items, summed over
-      modalities.
-    - **Eq. 11**: :math:`Z^m = \mathrm{LeakyReLU}(\mathrm{BN}([Q^m \| \hat{Q}^m] W + b))`.
-      Two readings of the BN, both about Eq. 13 where Z^m is concatenated
-      with the ID embedding and scored against F^{U,m}:
+    - projection and Eq. 1: :class:`~recbole_ci2mg.model.layers.content.ContentEncoder`
+      (mask-aware; in training the batch's positive edges are left out of Eq. 1,
+      ``leave_batch_edges_out``, see
+      :class:`~recbole_ci2mg.model.layers.graph.MeanAggregation`);
+    - Eq. 2: a LightGCN propagation, the common and stronger reading of the
+      paper's per-layer :math:`\sigma(D^{-1} R X W)`;
+    - Eq. 3-5: :class:`~recbole_ci2mg.model.layers.hypergraph.PrototypeHypergraph`;
+    - Eq. 6-9: :class:`~recbole_ci2mg.model.layers.transport.InterModalityTransport`;
+    - Eq. 10: :func:`~recbole_ci2mg.model.layers.augment.info_nce` between
+      :math:`Q^m` and :math:`\hat{Q}^m` over the batch's distinct positive items
+      (the others are the negatives), summed over modalities;
+    - Eq. 11-12: :class:`~recbole_ci2mg.model.layers.fusion.TaskGuidedFusion`;
+    - Eq. 13-15: :math:`\hat{R} = \hat{X}^U (\hat{X}^V)^T`, BPR, and ``reg_weight``
+      (λ3) on the batch's ID embeddings through RecBole's ``EmbLoss``.
 
-      * *Statistics* (``bn_running_stats``, default False). Every forward
-        pass, training or evaluation, normalises the whole item set at once,
-        so the training "batch" is the population and its statistics are
-        exact; by default evaluation uses those same exact statistics, so it
-        scores the model that was trained. ``True`` is PyTorch's default
-        (running statistics in evaluation); it evaluates a different model:
-        the exponential average starts at variance 1 and lags the true
-        variance, so after the first epoch on TikTok at 90% missing eval-mode
-        Z^m was ~30x smaller than in training and the model was ranked almost
-        by its ID block alone (the whole of its epoch-0 validation peak).
-      * *Scale* (``bn_init_scale``, the initial BN weight γ; default 1.0,
-        PyTorch's). With γ = 1 every dimension of Z^m has unit variance, so a
-        row has norm ~sqrt(d) (≈ 5 after the LeakyReLU), 10-50x the ID
-        embeddings, and the modality blocks dominate the dot product of
-        Eq. 13. γ = 1/sqrt(d) (rows of norm ~1) or 0 (the branch starts
-        switched off, as with zero-initialised BN γ in residual networks) are
-        available; on TikTok at 90% missing neither improved validation
-        Recall@20 (Adam grows γ back within a few epochs), so the default is
-        unchanged. See benchmarks/results/ci2mg_tiktok_diagnosis.md.
-    - **Eq. 12**: the reconstruction target is fixed: a linear decoder maps
-      :math:`Z^m` back to ``d_m`` and is compared with the standardised raw
-      features on observed rows only (mean squared error per entry, so
-      ``rec_weight`` means the same for any ``d_m``; summed over modalities).
-    - **Eq. 15**: ``reg_weight`` (λ3) applies RecBole's ``EmbLoss`` to the
-      batch's ID embeddings, as LightGCN does.
-
-    Ablation (paper Table 3): ``use_intra``, ``use_inter``, ``use_contrastive``,
+    Ablation (Table 3): ``use_intra``, ``use_inter``, ``use_contrastive``,
     ``use_task_guided``. A component that is off falls back to its input:
     :math:`Q^m = F^{V,m}` without intra, no :math:`\hat{Q}^m` without inter, and
     without task guidance :math:`Z^m` is the mean of the views present, with no
     reconstruction loss. All four off is LightGCN-M.
+
+    Every setting comes from ``properties/model/CI2MG.yaml``; an unset key is an
+    error. What the defaults were chosen on is in BENCHMARKS.md.
     """
 
     input_type = InputType.PAIRWISE
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
+        setting = partial(require_setting, config, model=type(self).__name__)
 
         # load dataset info
         self.interaction_matrix = dataset.inter_matrix(form="coo").astype(np.float32)
@@ -115,14 +81,12 @@ class CI2MG(GeneralRecommender):
         self.n_modalities = len(self.modality_names)
 
         # load parameters info
-        self.latent_dim = config["embedding_size"]
-        self.n_layers = config["n_layers"]
-        self.reg_weight = config["reg_weight"]
-        self.require_pow = config["require_pow"] or False
-        self.leave_batch_edges_out = config["leave_batch_edges_out"] is not False
-        self.use_intra, self.use_inter, self.use_contrastive, self.use_task_guided = (
-            bool(config[switch]) for switch in SWITCHES
-        )
+        self.latent_dim = setting("embedding_size")
+        self.n_layers = setting("n_layers")
+        self.reg_weight = setting("reg_weight")
+        self.require_pow = setting("require_pow")
+        self.leave_batch_edges_out = setting("leave_batch_edges_out")
+        self.use_intra, self.use_inter, self.use_contrastive, self.use_task_guided = map(setting, SWITCHES)
         if self.use_inter and self.n_modalities < 2:
             self.logger.info(
                 f"{type(self).__name__}: one modality ({self.modality_names[0]}), so there is no other "
@@ -135,60 +99,48 @@ class CI2MG(GeneralRecommender):
                 f"with the inter view; without inter-modality generation it is off (use_contrastive)."
             )
             self.use_contrastive = False
-        if self.use_intra:
-            self.n_prototypes = self._require(config, "n_prototypes")
-            self.hyper_layers = self._require(config, "hyper_layers")
-            self.hyper_temperature = self._require(config, "hyper_temperature")
-        if self.use_inter:
-            self.ot_solver = self._require(config, "ot_solver")
-            self.ot_reg = self._require(config, "ot_reg")
-            self.ot_max_iter = self._require(config, "ot_max_iter")
-            self.ot_tol = self._require(config, "ot_tol")
-            self.ot_block_size = self._require(config, "ot_block_size")
-            self.ot_delta_rank = self._require(config, "ot_delta_rank")
-            self.ot_differentiable = bool(config["ot_differentiable"])
-            self.ot_plan_refresh = config["ot_plan_refresh"] or "step"
         if self.use_contrastive:
-            self.cl_weight = self._require(config, "cl_weight")
-            self.cl_temperature = self._require(config, "cl_temperature")
+            self.cl_weight = setting("cl_weight")
+            self.cl_temperature = setting("cl_temperature")
         if self.use_task_guided:
-            self.rec_weight = self._require(config, "rec_weight")
-            self.bn_running_stats = bool(config["bn_running_stats"])  # unset: exact statistics (see docstring)
-            self.bn_init_scale = config["bn_init_scale"]
-            if self.bn_init_scale is None:
-                self.bn_init_scale = 1.0  # PyTorch's default γ
+            self.rec_weight = setting("rec_weight")
 
-        # define layers and loss
+        # define layers and loss: Figure 2, top to bottom
         d = self.latent_dim
-        self.user_embedding = nn.Embedding(self.n_users, d)
-        self.item_embedding = nn.Embedding(self.n_items, d)
-        self.projections = nn.ModuleList(nn.Linear(f.shape[1], d) for f in raw_features)
+        self.user_embedding = nn.Embedding(self.n_users, d)  # X^U, Eq. 2
+        self.item_embedding = nn.Embedding(self.n_items, d)  # X^V, Eq. 2
+        self.content = ContentEncoder(
+            raw_features, observed, d, MeanAggregation(self.interaction_matrix, self.device)
+        )  # projection + Eq. 1
         if self.use_intra:
             self.hypergraphs = nn.ModuleList(
-                PrototypeHypergraph(d, self.n_prototypes, self.hyper_layers, self.hyper_temperature)
+                PrototypeHypergraph(d, setting("n_prototypes"), setting("hyper_layers"), setting("hyper_temperature"))
                 for _ in raw_features
-            )
+            )  # Eq. 3-5
         if self.use_inter:
             self.transport = InterModalityTransport(
                 self.n_items,
                 self.n_modalities,
-                solver=self.ot_solver,
-                reg=self.ot_reg,
-                max_iter=self.ot_max_iter,
-                tol=self.ot_tol,
-                block_size=self.ot_block_size,
-                delta_rank=self.ot_delta_rank,
-                differentiable=self.ot_differentiable,
-                seed=config["seed"] or 0,
-                refresh=self.ot_plan_refresh,
-            )
+                solver=setting("ot_solver"),
+                reg=setting("ot_reg"),
+                max_iter=setting("ot_max_iter"),
+                tol=setting("ot_tol"),
+                block_size=setting("ot_block_size"),
+                delta_rank=setting("ot_delta_rank"),
+                differentiable=setting("ot_differentiable"),
+                seed=setting("seed"),
+                refresh=setting("ot_plan_refresh"),
+                warm_start=setting("ot_warm_start"),
+                eval_plan=setting("ot_eval_plan"),
+            )  # Eq. 6-9
         if self.use_task_guided:
-            fused_dim = 2 * d if self.use_inter else d
-            self.generators = nn.ModuleList(nn.Linear(fused_dim, d) for _ in raw_features)  # W, b of Eq. 11
-            self.generator_norms = nn.ModuleList(
-                nn.BatchNorm1d(d, track_running_stats=self.bn_running_stats) for _ in raw_features
-            )
-            self.decoders = nn.ModuleList(nn.Linear(d, f.shape[1]) for f in raw_features)
+            self.fusion = TaskGuidedFusion(
+                2 * d if self.use_inter else d,
+                d,
+                [f.shape[1] for f in raw_features],
+                running_stats=setting("bn_running_stats"),
+                init_scale=setting("bn_init_scale"),
+            )  # Eq. 11-12
         self.mf_loss = BPRLoss()
         self.reg_loss = EmbLoss()
 
@@ -196,29 +148,12 @@ class CI2MG(GeneralRecommender):
         self.restore_user_e = None
         self.restore_item_e = None
 
-        # generate intermediate data: graphs of the training interactions only
-        self.norm_adj_matrix = symmetric_norm_adj(self.interaction_matrix).to(self.device)
-        self.aggregation = MeanAggregation(self.interaction_matrix, self.device)  # Eq. 1
-        for m, (features, seen) in enumerate(zip(raw_features, observed)):
-            self.register_buffer(f"features_{m}", standardise(features, seen), persistent=False)  # [N_V, d_m]
-            self.register_buffer(f"observed_{m}", seen.clone(), persistent=False)  # [N_V]
+        # generate intermediate data: the graph of the training interactions only
+        self.norm_adj_matrix = ConstantSparse(normalised_adjacency(self.interaction_matrix), self.device)
 
         # parameters initialization
         self.apply(xavier_uniform_initialization)
-        if self.use_task_guided:
-            for norm in self.generator_norms:  # γ of Eq. 11's BN: the scale of Z^m in Eq. 13
-                nn.init.constant_(norm.weight, self.bn_init_scale)
         self.other_parameter_name = ["restore_user_e", "restore_item_e"]
-
-    @staticmethod
-    def _require(config, key):
-        value = config[key]
-        if value is None:
-            raise ValueError(
-                f"Config key `{key}` is not set; its component is switched on. The defaults are in "
-                f"properties/model/CI2MG.yaml (run ablations as --model=CI2MG --use_...=False)."
-            )
-        return value
 
     def train(self, mode=True):
         # clear the storage variables whenever training resumes
@@ -226,18 +161,17 @@ class CI2MG(GeneralRecommender):
             self.restore_user_e, self.restore_item_e = None, None
         return super().train(mode)
 
-    def modality_features(self, m):
-        return getattr(self, f"features_{m}")
+    @property
+    def aggregation(self):
+        """Eq. 1's :class:`~recbole_ci2mg.model.layers.graph.MeanAggregation`."""
+        return self.content.aggregation
 
-    def modality_observed(self, m):
-        return getattr(self, f"observed_{m}")
-
-    def forward(self, graph=None):
+    def forward(self, left_out=None):
         r"""All user and item representations, and the intermediate modality views.
 
         Args:
-            graph: the Eq. 1 matrices to aggregate over (:meth:`MeanAggregation.without`);
-                default every training interaction.
+            left_out: training edges to leave out of Eq. 1
+                (:meth:`~recbole_ci2mg.model.layers.graph.MeanAggregation.without`); default none.
 
         Returns:
             tuple: ``user_e`` ``[N_U, (M+1) d]``, ``item_e`` ``[N_V, (M+1) d]`` (Eq. 13) and a
@@ -247,22 +181,19 @@ class CI2MG(GeneralRecommender):
         ego = torch.cat([self.user_embedding.weight, self.item_embedding.weight])
         user_id, item_id = torch.split(
             lightgcn_propagate(self.norm_adj_matrix, ego, self.n_layers), [self.n_users, self.n_items]
-        )  # Eq. 2
+        )  # Eq. 2, X^U and X^V
 
-        user_views, item_views = [], []
-        for m, projection in enumerate(self.projections):
-            projected = projection(self.modality_features(m))  # [N_V, d]
-            user_view, item_view = self.aggregation(projected, graph)  # Eq. 1, F^{U,m} [N_U, d], F^{V,m} [N_V, d]
-            user_views.append(user_view)
-            item_views.append(item_view)
-
+        # contrastive intra- and inter-modality generation
+        user_views, item_views = self.content(left_out)  # Eq. 1, F^{U,m} [N_U, d] and F^{V,m} [N_V, d]
+        incidences = None
         if self.use_intra:
-            Q = [hypergraph(F_v)[0] for hypergraph, F_v in zip(self.hypergraphs, item_views)]  # Eq. 3-5
+            Q, incidences = map(list, zip(*(hypergraph(F_v) for hypergraph, F_v in zip(self.hypergraphs, item_views))))
         else:
             Q = item_views
-        Q_hat = self.transport(Q) if self.use_inter else None  # Eq. 6-9
-        Z = [self.generate(m, Q[m], Q_hat[m] if Q_hat else None) for m in range(self.n_modalities)]  # Eq. 11
+        Q_hat = self.transport(Q, incidences) if self.use_inter else None  # Eq. 6-9
 
+        # enhanced multimedia recommendation
+        Z = [self.generate(m, Q[m], Q_hat[m] if Q_hat else None) for m in range(self.n_modalities)]  # Eq. 11
         user_e = torch.cat([user_id] + user_views, dim=1)  # Eq. 13, X̂^U
         item_e = torch.cat([item_id] + Z, dim=1)  # Eq. 13, X̂^V
         return user_e, item_e, {"Q": Q, "Q_hat": Q_hat, "Z": Z}
@@ -272,35 +203,19 @@ class CI2MG(GeneralRecommender):
         views = [intra] if inter is None else [intra, inter]
         if not self.use_task_guided:
             return torch.stack(views).mean(dim=0)
-        fused = torch.cat(views, dim=1)  # Ψ^m, [N_V, 2d] (or [N_V, d] without inter)
-        return F.leaky_relu(self.generator_norms[m](self.generators[m](fused)), 0.2)
+        return self.fusion(m, views)
 
     def contrastive_loss(self, Q, Q_hat, items):
-        r"""Eq. 10: InfoNCE between intra and inter views of ``items``, other items as negatives.
-
-        Args:
-            Q, Q_hat: per-modality lists of ``[N_V, d]``.
-            items: ``[B]`` item ids (made distinct here).
-        """
+        r"""Eq. 10 over the distinct ``items`` ``[B]``, summed over modalities (lists of ``[N_V, d]``)."""
         items = torch.unique(items)
-        target = torch.arange(items.shape[0], device=items.device)
-        loss = 0.0
-        for intra, inter in zip(Q, Q_hat):
-            q = F.normalize(intra[items], dim=1)  # [B, d]
-            q_hat = F.normalize(inter[items], dim=1)  # [B, d]
-            logits = q @ q_hat.T / self.cl_temperature  # [B, B]; diagonal = positives
-            loss = loss + F.cross_entropy(logits, target)
-        return loss
+        return sum(info_nce(intra[items], inter[items], self.cl_temperature) for intra, inter in zip(Q, Q_hat))
 
     def reconstruction_loss(self, Z):
-        r"""Eq. 12 on observed rows only: decoded :math:`Z^m` against the standardised raw features."""
-        loss = 0.0
-        for m, z in enumerate(Z):
-            seen = self.modality_observed(m)
-            if seen.any():
-                decoded = self.decoders[m](z[seen])  # [n_observed, d_m]
-                loss = loss + F.mse_loss(decoded, self.modality_features(m)[seen])
-        return loss
+        r"""Eq. 12, summed over modalities, on each modality's observed rows only."""
+        return sum(
+            self.fusion.reconstruction_loss(m, z, self.content.observed_index(m), self.content.observed_features(m))
+            for m, z in enumerate(Z)
+        )
 
     def calculate_loss(self, interaction):
         # clear the storage variable when training
@@ -311,8 +226,8 @@ class CI2MG(GeneralRecommender):
         pos_item = interaction[self.ITEM_ID]
         neg_item = interaction[self.NEG_ITEM_ID]
 
-        graph = self.aggregation.without(user, pos_item) if self.leave_batch_edges_out else None
-        user_e, item_e, views = self.forward(graph)
+        left_out = self.aggregation.without(user, pos_item) if self.leave_batch_edges_out else None
+        user_e, item_e, views = self.forward(left_out)
         u_embeddings = user_e[user]
         pos_scores = torch.mul(u_embeddings, item_e[pos_item]).sum(dim=1)
         neg_scores = torch.mul(u_embeddings, item_e[neg_item]).sum(dim=1)
@@ -354,33 +269,9 @@ class LightGCNM(CI2MG):
 
     def __init__(self, config, dataset):
         for switch in SWITCHES:
-            if config[switch]:
+            if require_setting(config, switch, type(self).__name__):
                 raise ValueError(
                     f"LightGCN-M is CI2MG with every component off, but {switch} is on; "
                     f"run ablations as --model=CI2MG --{switch}=True."
                 )
         super().__init__(config, dataset)
-
-
-def standardise(features, observed):
-    r"""Features standardised with the observed rows' statistics; unobserved rows set to zero.
-
-    Zero is the observed mean after standardisation, so this is mean imputation
-    done from the mask: whatever a missing row held before, it is not read.
-
-    Args:
-        features: ``[N, d_m]`` float.
-        observed: ``[N]`` bool.
-
-    Returns:
-        ``[N, d_m]`` float32.
-    """
-    features = features.float()
-    if not observed.any():
-        return torch.zeros_like(features)
-    seen = features[observed]
-    mean = seen.mean(dim=0)
-    std = seen.std(dim=0, unbiased=False)
-    std = torch.where(std > 1e-6, std, torch.ones_like(std))
-    out = (features - mean) / std
-    return torch.where(observed.unsqueeze(1), out, torch.zeros_like(out))

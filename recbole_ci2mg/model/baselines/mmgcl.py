@@ -168,7 +168,7 @@ class MMGCL(GeneralRecommender):
     def ssl_loss(self, users, items):
         inputs = self.item_inputs()
         ed_users, ed_items = self.edge_dropout_view(inputs)
-        masked = 1 + int(torch.randint(self.n_modalities, (1,)))
+        masked = 1 + int(torch.randint(self.n_modalities, (1,), device="cpu"))
         inputs[masked] = torch.zeros_like(inputs[masked])
         mm_users, mm_items = propagate_channels(
             self.norm_adj_matrix, self.user_embedding.weight, inputs, self.n_layers

@@ -279,8 +279,8 @@ class MMSSL(GeneralRecommender):
         r"""ID embeddings propagated over each modality graph: lists of ``[N_U, d]`` and ``[N_V, d]``."""
         user_id, item_id = self.user_embedding.weight, self.item_embedding.weight
         if not bool(self.structure_ready):
-            user_view = torch.sparse.mm(self.aggregation.user_from_items, item_id)
-            item_view = torch.sparse.mm(self.aggregation.item_from_users, user_id)
+            user_view = self.aggregation.user_mean(item_id)
+            item_view = self.aggregation.item_mean(user_id)
             return [user_view] * self.n_modalities, [item_view] * self.n_modalities
         user_views, item_views = [], []
         k = self.structure_items.shape[2]

@@ -154,8 +154,8 @@ class SLMRec(GeneralRecommender):
         r"""FD / FM / FD+FM: InfoNCE between two augmented views of users and of items."""
         views = []
         if mask:
-            first = int(torch.randint(self.n_modalities + 1, (1,)))
-            second = (first + 1 + int(torch.randint(self.n_modalities, (1,)))) % (self.n_modalities + 1)
+            first = int(torch.randint(self.n_modalities + 1, (1,), device="cpu"))
+            second = (first + 1 + int(torch.randint(self.n_modalities, (1,), device="cpu"))) % (self.n_modalities + 1)
             masked = (first, second)
         else:
             masked = (None, None)

@@ -31,7 +31,7 @@ def edge_dropout(inter_matrix, drop_ratio, generator=None):
         raise ValueError(f"drop_ratio must be in [0, 1), got {drop_ratio}")
     R = binary(inter_matrix)
     n_keep = int(round(R.nnz * (1.0 - drop_ratio)))
-    keep = torch.randperm(R.nnz, generator=generator)[:n_keep].numpy()
+    keep = torch.randperm(R.nnz, generator=generator, device="cpu")[:n_keep].numpy()
     return sp.coo_matrix(
         (np.ones(n_keep, dtype=np.float32), (R.row[keep], R.col[keep])), shape=R.shape
     )

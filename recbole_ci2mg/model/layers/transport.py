@@ -2,14 +2,18 @@ r"""Inter-modality generation by entropic optimal transport (CI²MG, Eq. 6-9).
 
 For modalities :math:`m \neq m'` the cost is the squared distance between
 their intra-modality item representations (Eq. 6), the marginals are all-ones
-vectors (Eq. 7-8), and the entropic problem is solved with Sinkhorn through
-POT on the torch backend. The inter-modality view of modality ``m`` is a
-barycentric projection (Eq. 9):
+vectors (Eq. 7-8), and the entropic problem is solved with Sinkhorn. The
+inter-modality view of modality ``m`` is a barycentric projection (Eq. 9):
 
 .. math::
     \hat{Q}^m = \frac{1}{M-1} \sum_{m' \neq m}
         \mathrm{diag}(1/\mu^{mm'}) (T^{mm'} + \Delta T^{mm'}) Q^{m'},
     \qquad \mu^{mm'} = (T^{mm'} + \Delta T^{mm'}) \mathbf{1}.
+
+Every plan is an explicit object (:class:`DensePlan`, :class:`BlockDiagonalPlan`,
+:class:`PrototypePlan`) with ``apply(values) -> (T values, T 1)`` and its
+transpose ``.T``; :attr:`InterModalityTransport.plans` holds one per ordered
+pair of modalities until the next solve.
 
 Decisions where the paper is silent:
 
@@ -25,9 +29,11 @@ Decisions where the paper is silent:
   ``differentiable=True`` backpropagates through the Sinkhorn iterations.
 - **When the plan is solved** (``refresh``). The plan carries no gradient
   (above), so it is a constant of each step: ``step`` solves it at every
-  training step, ``epoch`` once per training epoch from the :math:`Q` of the
-  epoch's first step, then reuses it (:math:`Q^{m'}` and ΔT in Eq. 9 stay
-  live). Evaluation solves once per pass.
+  training step, an integer ``k`` every ``k`` training steps, ``epoch`` once
+  per training epoch (at its first step), and the steps in between reuse it
+  (:math:`Q^{m'}` and ΔT in Eq. 9 stay live). Evaluation (``eval_plan``)
+  solves once per pass on the current :math:`Q` (``solve``), or reuses the
+  plans training solved last (``reuse``).
 - **Symmetry.** :math:`T^{m'm} = (T^{mm'})^T` (the cost is transposed and the
   marginals are equal), so one problem is solved per unordered pair.
 - **ΔT** ("adjustable transport parameter", after OTKGE) is a registered,
@@ -37,7 +43,7 @@ Decisions where the paper is silent:
   :math:`\mu = T\mathbf{1} > 0` and ``diag(1/mu)`` can never divide by zero.
   It starts at zero.
 
-Two solvers:
+Three solvers:
 
 - ``dense``: the faithful problem over all items, ``ot.sinkhorn`` with POT's
   stabilised (log-absorption) method, an ``N x N`` plan and a dense
@@ -46,18 +52,30 @@ Two solvers:
   minibatch Wasserstein", AISTATS 2020). The items are split into random
   blocks of about ``block_size`` (a fresh partition for every plan solved in
   training; evaluation uses the partition last trained with, so predictions
-  are deterministic) and one
-  OT problem per block is solved with POT's batched Sinkhorn
-  (``ot.batch.solve_batch``) between the block's items in both modalities.
-  The blocks' plans together form a block-diagonal plan that still has
-  all-ones marginals. ΔT is low rank, :math:`\Delta T = U (V - \bar V)^T / N`
-  with ``U, V`` of shape ``[N, r]``, and is applied as ``U ((V - V̄)^T Q)``.
-  Memory and time are :math:`O(N \cdot (\text{block\_size} + r + d))` per
-  pair. Chosen over POT's lazy (exact) Sinkhorn, whose time is quadratic in
-  N per iteration, and over positive-feature or low-rank couplings, which
-  need very many features to match a sharp (small-``reg``) plan. When
-  ``block_size >= N`` there is one block and the scalable solver solves
-  exactly the dense problem.
+  are deterministic) and one OT problem per block is solved between the
+  block's items in both modalities, all blocks at once
+  (:func:`sinkhorn_scalings`). The blocks' plans together form a
+  block-diagonal plan that still has all-ones marginals. ΔT is low rank,
+  :math:`\Delta T = U (V - \bar V)^T / N` with ``U, V`` of shape ``[N, r]``,
+  and is applied as ``U ((V - V̄)^T Q)``. Memory and time are
+  :math:`O(N \cdot (\text{block\_size} + r + d))` per pair. Chosen over POT's
+  lazy (exact) Sinkhorn, whose time is quadratic in N per iteration, and over
+  positive-feature or low-rank couplings, which need very many features to
+  match a sharp (small-``reg``) plan. When ``block_size >= N`` there is one
+  block and the scalable solver solves exactly the dense problem.
+  ``warm_start`` keeps one partition (the seed's) for the whole run and
+  starts every solve from the previous solve's Sinkhorn scalings.
+- ``prototype``: the problem between the two modalities' K prototype
+  clusters of Eq. 3-5 instead of their items. Cluster :math:`k` of modality
+  :math:`m` has mass :math:`B^m_k = \sum_i H^m_{ik}` and centroid
+  :math:`c^m_k = \sum_i H^m_{ik} Q^m_i / B^m_k`; the ``K x K`` plan
+  :math:`P` between the centroids (cost :math:`\|c^m_k - c^{m'}_l\|^2`,
+  marginals :math:`B^m / N`, :math:`B^{m'} / N`) is mapped back to items
+  through the incidences, :math:`T = H^m \, \mathrm{diag}(1/a) P \,
+  \mathrm{diag}(1/B^{m'}) H^{m'T}` with :math:`a = B^m / N`, which has
+  all-ones marginals whenever :math:`P` has its own. Time :math:`O(NKd)`,
+  never an item-by-item cost; needs ``use_intra`` (the incidences). A coarser
+  plan than the item-level one: it moves mass between clusters, not items.
 """
 
 import math
@@ -77,6 +95,23 @@ def mean_squared_distance(x, y):
     return (x.pow(2).sum(1).mean() + y.pow(2).sum(1).mean() - 2 * x.mean(0) @ y.mean(0)).clamp_min(1e-12)
 
 
+def entropic_plan(cost, a, b, reg, max_iter, tol):
+    r"""Entropic OT plan for ``cost`` ``[n, n']`` and marginals ``a`` ``[n]``, ``b`` ``[n']`` (each summing to 1).
+
+    POT's ``ot.sinkhorn``, stabilised (log-absorption), in the log domain
+    when that overflows.
+    """
+    cost = shift_to_zero_minima(cost)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "did not converge": rows are renormalised
+        for method in ("sinkhorn_stabilized", "sinkhorn_log"):  # the log domain when the first overflows
+            plan = ot.sinkhorn(a, b, cost, reg, method=method, numItermax=max_iter, stopThr=tol, warn=False)
+            if torch.isfinite(plan).all():
+                break
+    check_finite(plan, reg)
+    return plan
+
+
 def dense_plan(x, y, reg, max_iter, tol, scale=None):
     r"""Entropic OT plan between all rows of ``x`` and ``y`` (Eq. 6-8), rows summing to about one.
 
@@ -91,16 +126,8 @@ def dense_plan(x, y, reg, max_iter, tol, scale=None):
     n = x.shape[0]
     scale = mean_squared_distance(x, y) if scale is None else scale
     cost = ot.dist(x, y, metric="sqeuclidean") / scale  # Eq. 6, [N, N]
-    cost = shift_to_zero_minima(cost)
     uniform = torch.full((n,), 1.0 / n, dtype=x.dtype, device=x.device)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # "did not converge": rows are renormalised
-        for method in ("sinkhorn_stabilized", "sinkhorn_log"):  # the log domain when the first overflows
-            plan = ot.sinkhorn(uniform, uniform, cost, reg, method=method, numItermax=max_iter, stopThr=tol, warn=False)
-            if torch.isfinite(plan).all():
-                break
-    check_finite(plan, reg)
-    return plan * n
+    return entropic_plan(cost, uniform, uniform, reg, max_iter, tol) * n
 
 
 def check_finite(plan, reg):
@@ -111,6 +138,19 @@ def check_finite(plan, reg):
         )
 
 
+def squared_distances(x, y):
+    r""":math:`\|x_{bi} - y_{bj}\|^2` ``[b, n, n']`` for ``x`` ``[b, n, d]`` and ``y`` ``[b, n', d]``.
+
+    POT's ``ot.batch.dist_batch`` computes the same sum, with three full
+    ``[b, n, n']`` temporaries; here it is one batched product added to the
+    squared norms in place (a new tensor when gradients are tracked).
+    """
+    cost = torch.baddbmm(y.pow(2).sum(2).unsqueeze(1), x, y.transpose(1, 2), alpha=-2)  # ||y||² - 2 x·y
+    if cost.requires_grad:
+        return cost + x.pow(2).sum(2).unsqueeze(2)
+    return cost.add_(x.pow(2).sum(2).unsqueeze(2))
+
+
 def shift_to_zero_minima(cost):
     r"""``cost`` ``[..., N, N']`` less its row minima, then its column minima.
 
@@ -119,27 +159,50 @@ def shift_to_zero_minima(cost):
     Sinkhorn cannot meet an all-zero row or column (a NaN plan).
     """
     cost = cost - cost.amin(dim=-1, keepdim=True)
-    return cost - cost.amin(dim=-2, keepdim=True)
+    if cost.requires_grad:
+        return cost - cost.amin(dim=-2, keepdim=True)
+    return cost.sub_(cost.amin(dim=-2, keepdim=True))  # in place: no second [..., N, N'] temporary
 
 
-def block_plans(x, y, blocks, reg, max_iter, tol, scale, differentiable=False):
-    r"""Entropic OT plans inside equally sized item blocks, solved in one batched call.
+def sinkhorn_scalings(kernel, max_iter, tol, init=None):
+    r"""Sinkhorn's scalings of a batch of kernels for uniform marginals.
+
+    :math:`\mathrm{diag}(f_b) K_b \mathrm{diag}(g_b)` has rows summing to
+    :math:`1/n` and columns to :math:`1/n'`. The iteration and the stopping
+    rule are those of POT's batched Sinkhorn (``ot.batch``, method
+    ``sinkhorn``): :math:`f = a / (K g)`, :math:`g = b / (K^T f)`, and every
+    10 iterations, from the first, a stop once the largest per-problem norm
+    of the row-marginal error is below ``tol``. Each half-iteration is one
+    batched vector-matrix product (:func:`kernel_times`); POT forms a full
+    ``[b, n, n']`` temporary for each, and creates its starting scalings on
+    the CPU whatever the kernel's device.
 
     Args:
-        x, y: ``[N, d]``.
-        blocks: ``[b, s]`` item indices, one row per block.
-        scale: the cost normaliser of the whole problem (not of the block).
+        kernel: ``[b, n, n']``, :math:`\exp(-C / \varepsilon)`.
+        init: ``[b, n']`` starting :math:`g` (a warm start), default ones.
 
     Returns:
-        ``[b, s, s]`` plans with all-ones marginals inside each block.
+        tuple: ``f`` ``[b, n]``, ``g`` ``[b, n']``.
     """
-    cost = shift_to_zero_minima(ot.batch.dist_batch(x[blocks], y[blocks]) / scale)  # Eq. 6, [b, s, s]
-    grad = "autodiff" if differentiable else "detach"
-    plan = ot.batch.solve_batch(cost, reg, max_iter=max_iter, tol=tol, method="sinkhorn", grad=grad).plan
-    if not torch.isfinite(plan).all():
-        plan = ot.batch.solve_batch(cost, reg, max_iter=max_iter, tol=tol, method="log_sinkhorn", grad=grad).plan
-    check_finite(plan, reg)
-    return plan * blocks.shape[1]
+    _, n, n2 = kernel.shape
+    g = kernel.new_ones(kernel.shape[0], n2) if init is None else init
+    for iteration in range(max_iter):
+        f = (1.0 / n) / kernel_times(kernel, g)
+        g = (1.0 / n2) / kernel_times(kernel.transpose(1, 2), f)
+        if iteration % 10 == 0:
+            rows = f * kernel_times(kernel, g)
+            if (rows - 1.0 / n).norm(dim=1).max() < tol:
+                break
+    return f, g
+
+
+def kernel_times(kernel, vector):
+    r""":math:`K_b v_b` for ``kernel`` ``[b, n, n']`` and ``vector`` ``[b, n']``: ``[b, n]``.
+
+    Written as the row vector times :math:`K_b^T`: on the CPU torch's batched
+    product of a matrix with a column is several times slower than this.
+    """
+    return torch.bmm(vector.unsqueeze(1), kernel.transpose(1, 2)).squeeze(1)
 
 
 def blocks_of(order, block_size):
@@ -157,6 +220,84 @@ def blocks_of(order, block_size):
     if n_blocks - n_large:
         groups.append(order[n_large * (small + 1) :].view(n_blocks - n_large, small))
     return groups
+
+
+# --- plans -----------------------------------------------------------------------------
+
+
+class DensePlan:
+    r"""An ``[N, N']`` plan held as a matrix."""
+
+    def __init__(self, matrix):
+        self.matrix = matrix
+
+    @property
+    def T(self):
+        return DensePlan(self.matrix.T)
+
+    def apply(self, values):
+        """:math:`T` ``values`` ``[N, d]`` and the row sums :math:`T \\mathbf{1}` ``[N]``."""
+        return self.matrix @ values, self.matrix.sum(dim=1)
+
+
+class BlockDiagonalPlan:
+    r"""A block-diagonal plan, one ``s x s`` block per group of items, never multiplied out.
+
+    Block :math:`b` is :math:`s \, \mathrm{diag}(f_b) K_b \mathrm{diag}(g_b)`
+    over the items ``blocks[b]`` (rows and columns alike): the kernel and the
+    Sinkhorn scalings of :func:`sinkhorn_scalings`, scaled so each block has
+    all-ones marginals. A block whose kernel underflowed holds the plan itself
+    as ``K`` with unit scalings.
+
+    Args:
+        n_items (int): N.
+        groups: list of ``(blocks [b, s], K [b, s, s], f [b, s], g [b, s])``, one per block size.
+    """
+
+    def __init__(self, n_items, groups):
+        self.n_items, self.groups = n_items, groups
+
+    @property
+    def T(self):
+        return BlockDiagonalPlan(self.n_items, [(blocks, K.transpose(1, 2), g, f) for blocks, K, f, g in self.groups])
+
+    def apply(self, values):
+        """:math:`T` ``values`` ``[N, d]`` and the row sums :math:`T \\mathbf{1}` ``[N]``."""
+        d = values.shape[1]
+        rows, moved, mass = [], [], []
+        for blocks, K, f, g in self.groups:
+            size = blocks.shape[1]
+            moved.append((f.unsqueeze(2) * torch.bmm(K, g.unsqueeze(2) * values[blocks])).reshape(-1, d) * size)
+            mass.append((f * kernel_times(K, g)).reshape(-1) * size)
+            rows.append(blocks.reshape(-1))
+        rows = torch.cat(rows)
+        out = values.new_zeros(self.n_items, d).index_copy(0, rows, torch.cat(moved))
+        return out, values.new_zeros(self.n_items).index_copy(0, rows, torch.cat(mass))
+
+
+class PrototypePlan:
+    r"""An item plan factored through prototype clusters, :math:`T = H W H'^T`, never multiplied out.
+
+    Args:
+        source: ``[N, K]`` incidence :math:`H^m` (rows sum to one).
+        coupling: ``[K, K']`` :math:`W = \mathrm{diag}(1/a) P \mathrm{diag}(1/B^{m'})`.
+        target: ``[N, K']`` incidence :math:`H^{m'}`.
+    """
+
+    def __init__(self, source, coupling, target):
+        self.source, self.coupling, self.target = source, coupling, target
+
+    @property
+    def T(self):
+        return PrototypePlan(self.target, self.coupling.T, self.source)
+
+    def apply(self, values):
+        """:math:`T` ``values`` ``[N, d]`` and the row sums :math:`T \\mathbf{1}` ``[N]``."""
+        moved = self.source @ (self.coupling @ (self.target.T @ values))
+        return moved, self.source @ (self.coupling @ self.target.sum(dim=0))
+
+
+# --- ΔT ----------------------------------------------------------------------------------
 
 
 class DenseDelta(nn.Module):
@@ -195,10 +336,12 @@ class LowRankDelta(nn.Module):
         return self.U @ (self.V - self.V.mean(dim=0)).T / self.n_items
 
     def forward(self, values):
+        """:math:`\\Delta T` ``values`` and the row sums of :math:`\\Delta T` (zero up to round-off)."""
         V = self.V - self.V.mean(dim=0)  # [N, r]
-        ones = torch.ones(self.n_items, 1, dtype=values.dtype, device=values.device)
-        out = self.U @ (V.T @ torch.cat([values, ones], dim=1)) / self.n_items  # [N, d + 1]
-        return out[:, :-1], out[:, -1]
+        return self.U @ (V.T @ values) / self.n_items, self.U @ V.sum(dim=0) / self.n_items
+
+
+# --- Eq. 6-9 -------------------------------------------------------------------------------
 
 
 class InterModalityTransport(nn.Module):
@@ -207,26 +350,32 @@ class InterModalityTransport(nn.Module):
     Args:
         n_items (int): N, catalogue size including RecBole's padding item.
         n_modalities (int): M >= 2.
-        solver (str): ``dense`` or ``scalable`` (see the module docstring).
+        solver (str): ``dense``, ``scalable`` or ``prototype`` (see the module docstring).
         reg (float): entropic regularisation, relative to the mean cost.
         max_iter (int), tol (float): Sinkhorn stopping rule.
         block_size (int): items per mini-batch OT block (``scalable``).
-        delta_rank (int): rank of ΔT (``scalable``).
+        delta_rank (int): rank of ΔT (``scalable``, ``prototype``).
         differentiable (bool): backpropagate through Sinkhorn (the plan is then solved every step).
         seed (int): seed of the block partitions.
-        refresh (str): ``step`` solves the plans at every training forward pass, with a fresh
-            block partition each time; ``epoch`` solves them once per training epoch (a fresh
-            partition at each ``train()``) and reuses them for the epoch's steps. Either way an
-            evaluation pass solves them once, on the current :math:`Q`, inside the partition
-            the model last trained with (a buffer, so a checkpoint restores it).
+        refresh (str or int): ``step`` solves the plans at every training forward pass, with a
+            fresh block partition each time; an integer ``k`` every ``k`` training passes;
+            ``epoch`` once per training epoch (at the first pass after each ``train()``).
+        warm_start (bool): ``scalable`` only: one partition for the whole run (a buffer, drawn
+            from ``seed``), every solve starting from the previous one's scalings.
+        eval_plan (str): ``solve``: an evaluation pass solves the plans once, on the current
+            :math:`Q`, inside the partition the model last trained with (a buffer, so a
+            checkpoint restores it); ``reuse``: it uses the plans training solved last.
 
-    Shapes: ``forward`` takes M tensors ``[N, d]`` (the :math:`Q^m`) and
-    returns M tensors ``[N, d]`` (the :math:`\hat{Q}^m`).
+    Shapes: ``forward`` takes M tensors ``[N, d]`` (the :math:`Q^m`), and for ``prototype``
+    their M incidences ``[N, K]``, and returns M tensors ``[N, d]`` (the :math:`\hat{Q}^m`).
+
+    Attributes:
+        plans (dict): ``(m, m') ->`` the plan :math:`T^{mm'}` of every ordered pair, or None
+            until the next solve.
     """
 
-    SOLVERS = ("dense", "scalable")
-
-    REFRESH = ("step", "epoch")
+    SOLVERS = ("dense", "scalable", "prototype")
+    EVAL_PLANS = ("solve", "reuse")
 
     def __init__(
         self,
@@ -241,6 +390,8 @@ class InterModalityTransport(nn.Module):
         differentiable=False,
         seed=0,
         refresh="step",
+        warm_start=False,
+        eval_plan="solve",
     ):
         super().__init__()
         if solver not in self.SOLVERS:
@@ -249,17 +400,23 @@ class InterModalityTransport(nn.Module):
             raise ValueError("Inter-modality transport needs at least two modalities.")
         if reg <= 0:
             raise ValueError(f"ot_reg must be > 0, got {reg}")
-        if refresh not in self.REFRESH:
-            raise ValueError(f"ot_plan_refresh must be one of {self.REFRESH}, got {refresh!r}")
+        self.refresh_every = parse_refresh(refresh)
+        if eval_plan not in self.EVAL_PLANS:
+            raise ValueError(f"ot_eval_plan must be one of {self.EVAL_PLANS}, got {eval_plan!r}")
+        if warm_start and solver != "scalable":
+            raise ValueError(f"ot_warm_start needs ot_solver: scalable, got {solver!r}")
         self.n_items, self.n_modalities, self.solver = n_items, n_modalities, solver
         self.reg, self.max_iter, self.tol = reg, max_iter, tol
         self.block_size, self.differentiable, self.seed = block_size, differentiable, seed
-        self.refresh = refresh
+        self.refresh, self.warm_start, self.eval_plan = refresh, warm_start, eval_plan
         self.generator = torch.Generator().manual_seed(seed)
         # the block partition, as one item order cut into blocks; kept in checkpoints so that a
         # reloaded model evaluates inside the partition it was validated with
         self.register_buffer("block_order", torch.randperm(n_items, generator=torch.Generator().manual_seed(seed)))
-        self._plans = None  # per unordered pair (m, m'): the maps of T and T^T, until the next refresh
+        self.plans = None
+        self._plans_trained = False  # solved by a training pass (not an evaluation one)
+        self._passes_since_solve = 0
+        self._scalings = {}  # (m, m') -> the last solve's g of every block group (warm_start)
         self.deltas = nn.ModuleDict()
         for m in range(n_modalities):
             for m2 in range(n_modalities):
@@ -276,92 +433,131 @@ class InterModalityTransport(nn.Module):
         return self.deltas[self.pair_key(m, m2)]
 
     def train(self, mode=True):
-        # a new training epoch (or an evaluation pass) solves its own plans
-        self._plans = None
-        if mode and self.refresh == "epoch":
-            self._draw_partition()
+        # a new training epoch solves its own plans with refresh=epoch; evaluation by eval_plan
+        if (mode and self.refresh_every is None) or (not mode and self.eval_plan == "solve"):
+            self.plans = None
         return super().train(mode)
 
     def _draw_partition(self):
-        self.block_order.copy_(torch.randperm(self.n_items, generator=self.generator))
+        self.block_order.copy_(torch.randperm(self.n_items, generator=self.generator, device="cpu"))
 
-    def forward(self, Qs):
-        solve_now = self._plans is None or self.differentiable or (self.training and self.refresh == "step")
-        if solve_now:
-            if self.training and self.refresh == "step":
+    def _solve_now(self):
+        if self.plans is None or self.differentiable:
+            return True
+        if not self.training:
+            return False
+        if not self._plans_trained:
+            return True
+        return self.refresh_every is not None and self._passes_since_solve >= self.refresh_every
+
+    def forward(self, Qs, incidences=None):
+        if self._solve_now():
+            if self.training and self.solver == "scalable" and not self.warm_start:
                 self._draw_partition()
-            self._plans = self.solve(Qs)
+            self.plans = self.solve(Qs, incidences)
+            self._plans_trained, self._passes_since_solve = self.training, 0
+        if self.training:
+            self._passes_since_solve += 1
         projections = [[] for _ in Qs]
-        for (m, m2), (forward_sum, backward_sum) in self._plans.items():
-            projections[m].append(self.project(forward_sum, self.delta(m, m2), Qs[m2]))
-            projections[m2].append(self.project(backward_sum, self.delta(m2, m), Qs[m]))
+        for (m, m2), plan in self.plans.items():
+            projections[m].append(self.project(plan, self.delta(m, m2), Qs[m2]))
         return [torch.stack(views).mean(dim=0) for views in projections]  # Eq. 9, 1/(M-1) Σ_{m'≠m}
 
-    def solve(self, Qs):
-        """The plans of every unordered pair of modalities (Eq. 6-8), as maps ``values -> (T values, T 1)``."""
-        groups = None if self.solver == "dense" else self.partition()
-        return {
-            (m, m2): self.transport(Qs[m], Qs[m2], groups)
-            for m in range(len(Qs))
-            for m2 in range(m + 1, len(Qs))
-        }
+    def solve(self, Qs, incidences=None):
+        r"""The plan :math:`T^{mm'}` of every ordered pair (Eq. 6-8), one problem per unordered pair."""
+        if self.solver == "prototype" and incidences is None:
+            raise ValueError("ot_solver: prototype transports between the prototype clusters of Eq. 3-5: "
+                             "it needs use_intra: True.")
+        groups = self.partition() if self.solver == "scalable" else None
+        plans = {}
+        context = torch.enable_grad() if self.differentiable else torch.no_grad()
+        with context:
+            for m in range(len(Qs)):
+                for m2 in range(m + 1, len(Qs)):
+                    x, y = (Qs[m], Qs[m2]) if self.differentiable else (Qs[m].detach(), Qs[m2].detach())
+                    if self.solver == "dense":
+                        plan = DensePlan(dense_plan(x, y, self.reg, self.max_iter, self.tol))
+                    elif self.solver == "scalable":
+                        plan = self.block_plan((m, m2), x, y, groups)
+                    else:
+                        source, target = incidences[m], incidences[m2]
+                        if not self.differentiable:
+                            source, target = source.detach(), target.detach()
+                        plan = self.prototype_plan(x, y, source, target)
+                    plans[(m, m2)], plans[(m2, m)] = plan, plan.T
+        return plans
 
     def partition(self):
         """The current mini-batch OT blocks (see ``refresh``)."""
         return blocks_of(self.block_order, self.block_size)
 
-    def transport(self, x, y, groups):
-        r"""The plan between ``x`` and ``y`` as two maps: ``values -> (T values, T 1)`` and the same for :math:`T^T`."""
-        context = torch.enable_grad() if self.differentiable else torch.no_grad()
-        with context:
-            xs, ys = (x, y) if self.differentiable else (x.detach(), y.detach())
-            scale = mean_squared_distance(xs, ys)
-            if groups is None:
-                plan = dense_plan(xs, ys, self.reg, self.max_iter, self.tol, scale)  # [N, N]
-                return _dense_apply(plan), _dense_apply(plan.T)
-            plans = [self.solve_group(xs, ys, blocks, scale) for blocks in groups]  # [b, s, s] each
-        return _block_apply(groups, plans, transpose=False), _block_apply(groups, plans, transpose=True)
+    def block_plan(self, pair, x, y, groups):
+        r"""The block-diagonal plan between ``x`` and ``y`` ``[N, d]`` inside the blocks ``groups``."""
+        scale = mean_squared_distance(x, y)
+        warm = self._scalings.get(pair) if self.warm_start else None
+        solved = []
+        for index, blocks in enumerate(groups):
+            size = blocks.shape[1]
+            chunk = max(1, MAX_CHUNK_ENTRIES // (size * size))
+            parts = []
+            for start in range(0, blocks.shape[0], chunk):
+                init = None if warm is None else warm[index][start : start + chunk]
+                parts.append(self.solve_blocks(x, y, blocks[start : start + chunk], scale, init))
+            solved.append((blocks, *(torch.cat(part) for part in zip(*parts))))
+        if self.warm_start:
+            self._scalings[pair] = [g for _, _, _, g in solved]
+        return BlockDiagonalPlan(self.n_items, solved)
 
-    def solve_group(self, x, y, blocks, scale):
-        size = blocks.shape[1]
-        chunk = max(1, MAX_CHUNK_ENTRIES // (size * size))
-        return torch.cat(
-            [
-                block_plans(x, y, blocks[i : i + chunk], self.reg, self.max_iter, self.tol, scale, self.differentiable)
-                for i in range(0, blocks.shape[0], chunk)
-            ]
-        )
+    def solve_blocks(self, x, y, blocks, scale, init=None):
+        r"""Kernel and Sinkhorn scalings of the blocks ``[b, s]`` (Eq. 6-8): ``K, f, g``."""
+        if self.differentiable:
+            kernel = torch.exp(self.block_cost(x, y, blocks, scale) / -self.reg)
+        else:  # the cost becomes the kernel in place
+            kernel = self.block_cost(x, y, blocks, scale).div_(-self.reg).exp_()
+        f, g = sinkhorn_scalings(kernel, self.max_iter, self.tol, init)
+        if torch.isfinite(f).all() and torch.isfinite(g).all():
+            return kernel, f, g
+        grad = "autodiff" if self.differentiable else "detach"
+        plan = ot.batch.solve_batch(self.block_cost(x, y, blocks, scale), self.reg, max_iter=self.max_iter,
+                                    tol=self.tol, method="log_sinkhorn", grad=grad).plan  # the log domain
+        check_finite(plan, self.reg)
+        ones = plan.new_ones(plan.shape[:2])
+        return plan, ones, ones
 
     @staticmethod
-    def project(apply_plan, delta, values):
+    def block_cost(x, y, blocks, scale):
+        r"""Eq. 6 inside the blocks ``[b, s]``, over ``scale``, shifted to zero row and column minima: ``[b, s, s]``."""
+        cost = squared_distances(x[blocks], y[blocks])
+        return shift_to_zero_minima(cost / scale if cost.requires_grad else cost.div_(scale))
+
+    def prototype_plan(self, x, y, source, target):
+        r"""The plan between ``x`` and ``y`` ``[N, d]`` through their clusters ``source``, ``target`` ``[N, K]``."""
+        n = x.shape[0]
+        mass, mass2 = source.sum(dim=0), target.sum(dim=0)  # B^m [K], B^{m'} [K']
+        centroids = (source.T @ x) / mass.clamp_min(1e-12).unsqueeze(1)  # [K, d]
+        centroids2 = (target.T @ y) / mass2.clamp_min(1e-12).unsqueeze(1)
+        a, b = mass / n, mass2 / n
+        cost = ot.dist(centroids, centroids2, metric="sqeuclidean")
+        cost = cost / (a @ cost @ b).clamp_min(1e-12)  # mean cost over item pairs, through the clusters
+        plan = entropic_plan(cost, a, b, self.reg, self.max_iter, self.tol)  # P, [K, K']
+        coupling = plan / (a.clamp_min(1e-12).unsqueeze(1) * mass2.clamp_min(1e-12).unsqueeze(0))
+        return PrototypePlan(source, coupling, target)
+
+    @staticmethod
+    def project(plan, delta, values):
         r"""Barycentric projection :math:`\mathrm{diag}(1/\mu)(T + \Delta T) Q^{m'}` (Eq. 9), ``[N, d]``."""
-        moved, mass = apply_plan(values)
+        moved, mass = plan.apply(values)
         adjusted, delta_mass = delta(values)
         mu = mass + delta_mass  # row sums of T + ΔT, [N]
         return (moved + adjusted) / mu.unsqueeze(1)
 
 
-def _dense_apply(plan):
-    def apply(values):
-        return plan @ values, plan.sum(dim=1)
-
-    return apply
-
-
-def _block_apply(groups, plans, transpose):
-    r"""``values -> (T values, T 1)`` for a block-diagonal plan given by blocks and their plans."""
-
-    def apply(values):
-        n, d = values.shape
-        rows, moved, mass = [], [], []
-        for blocks, plan in zip(groups, plans):
-            block_plan = plan.transpose(1, 2) if transpose else plan
-            moved.append(torch.bmm(block_plan, values[blocks]).reshape(-1, d))
-            mass.append(block_plan.sum(dim=2).reshape(-1))
-            rows.append(blocks.reshape(-1))
-        rows = torch.cat(rows)
-        out = torch.zeros(n, d, dtype=values.dtype, device=values.device).index_copy(0, rows, torch.cat(moved))
-        row_mass = torch.zeros(n, dtype=values.dtype, device=values.device).index_copy(0, rows, torch.cat(mass))
-        return out, row_mass
-
-    return apply
+def parse_refresh(refresh):
+    """``ot_plan_refresh`` as the training passes between solves (None: once per epoch)."""
+    if refresh == "step":
+        return 1
+    if refresh == "epoch":
+        return None
+    if isinstance(refresh, int) and not isinstance(refresh, bool) and refresh >= 1:
+        return refresh
+    raise ValueError(f"ot_plan_refresh must be step, epoch or a number of steps >= 1, got {refresh!r}")
