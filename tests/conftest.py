@@ -1,6 +1,5 @@
 """Shared fixtures: small benchmark datasets written by the tests themselves, and model helpers."""
 
-import os
 import sys
 from pathlib import Path
 

@@ -32,8 +32,9 @@ IDS = [name + "".join(f"-{k}={v}" for k, v in options.items()) for name, options
 
 
 def prepare(name, settings, options, device):
+    small = {"n_prototypes": 8} if name in ("CI2MG", "LightGCN-M") else {}  # the tiny item set
     config = build_config(
-        name, "tiny", config_dict={**settings, "train_batch_size": 64, "missing_rate": 0.3, "n_prototypes": 8, **options}
+        name, "tiny", config_dict={**settings, "train_batch_size": 64, "missing_rate": 0.3, **small, **options}
     )
     config["device"] = torch.device(device)
     init_seed(config["seed"], True)
