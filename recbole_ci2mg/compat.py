@@ -617,3 +617,275 @@ def patch_training_negatives():
 
     create_samplers._ci2mg_patched = True
     utils.create_samplers = create_samplers
+
+
+# numpy 2, scipy >= 1.13 and pandas 3 -----------------------------------------
+# Each patch below is applied by recbole_ci2mg/__init__.py, so before any RecBole
+# Config, dataset or model exists, and does nothing where the library still
+# behaves as RecBole 1.2.1 and Ray 2.6.3 expect (numpy < 2, scipy < 1.13,
+# pandas < 3).
+
+
+def _numpy_has(name):
+    """Whether numpy defines ``name``, without the DeprecationWarning numpy 1.24-1.26 gives for ``bool8``."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return hasattr(np, name)
+
+
+@contextmanager
+def _numpy_aliases(**aliases):
+    """numpy with those of ``aliases`` it lacks defined for the duration, removed afterwards."""
+    added = [name for name in aliases if not _numpy_has(name)]
+    for name in added:
+        setattr(np, name, aliases[name])
+    try:
+        yield
+    finally:
+        for name in added:
+            delattr(np, name)
+
+
+def patch_config_numpy_aliases():
+    r"""Let RecBole's ``Config`` start on numpy 2.
+
+    ``Config.__init__`` first calls ``Config.compatibility_settings``, which
+    restores the aliases numpy 1.24 removed (``np.float``, ``np.int``,
+    ``np.bool``, ``np.long``, ...) that RecBole's metrics, data and model code
+    and hyperopt 0.2.5 still use, from ``np.float_``, ``np.complex_`` and
+    ``np.unicode_``. numpy 2 removed those three as well, so every ``Config``
+    fails with ``AttributeError: np.float_ was removed in the NumPy 2.0
+    release``. Here the three exist while RecBole's method runs, with the
+    values numpy 1.x gave them (``float64``, ``complex128``, ``str_``); what
+    RecBole sets stays as it sets it. No-op on numpy < 2. Idempotent.
+    """
+    if _numpy_has("float_") or getattr(Config.compatibility_settings, "_ci2mg_patched", False):
+        return
+    recbole_compatibility_settings = Config.compatibility_settings
+
+    def compatibility_settings(self):
+        with _numpy_aliases(float_=np.float64, complex_=np.complex128, unicode_=np.str_):
+            recbole_compatibility_settings(self)
+
+    compatibility_settings._ci2mg_patched = True
+    Config.compatibility_settings = compatibility_settings
+
+
+def import_ray_tune():
+    r"""Import ``ray.tune`` so that Ray 2.6.3, RecBole's pinned Ray, loads on numpy 2.
+
+    Ray 2.6.3's ``ray.tune.logger.tensorboardx``, which ``import ray.tune``
+    loads, names ``np.bool8`` (removed in numpy 2) in two class bodies, so the
+    import fails with ``AttributeError: module 'numpy' has no attribute
+    'bool8'``; so does RecBole's ``recbole.quick_start``, which imports
+    ``ray.tune``. Here the alias exists (as ``np.bool_``, its numpy 1.x value)
+    while ``ray.tune`` is imported. Ray's workers import ``ray.tune`` again when
+    they unpickle a trial, before any of our code runs in them: pass this
+    function to ``ray.init`` as ``runtime_env={"worker_process_setup_hook":
+    import_ray_tune}`` (as :mod:`recbole_ci2mg.tuning` does). Same import as
+    ``import ray.tune`` on numpy < 2.
+    """
+    with _numpy_aliases(bool8=np.bool_):
+        import ray.tune
+    return ray.tune
+
+
+def ray_runtime_env():
+    """The ``runtime_env`` for ``ray.init`` that runs :func:`import_ray_tune` in every Ray worker; None on numpy < 2."""
+    if _numpy_has("bool8"):
+        return None
+    return {"worker_process_setup_hook": import_ray_tune}
+
+
+def check_ray_workers():
+    r"""Refuse a running Ray whose workers cannot import ``ray.tune`` (see :func:`import_ray_tune`).
+
+    A Ray the caller started on numpy 2 without a ``worker_process_setup_hook``
+    would fail every trial in its workers with numpy's ``np.bool8`` error.
+    """
+    import ray
+
+    if ray_runtime_env() and "worker_process_setup_hook" not in ray.get_runtime_context().runtime_env:
+        raise RuntimeError(
+            "Ray is already running without a worker setup hook, so on numpy 2 its workers cannot import "
+            "Ray 2.6.3's ray.tune (np.bool8). Start it with ray.init(runtime_env=recbole_ci2mg.compat."
+            "ray_runtime_env()), or leave starting it to recbole_ci2mg.tuning."
+        )
+
+
+def patch_dok_update():
+    r"""Give scipy's ``dok_matrix`` back the ``_update`` RecBole builds its graphs with.
+
+    RecBole 1.2.1's LightGCN, NGCF, NCL, SpectralCF, GCMC, KGIN and MCCLK fill
+    their adjacency matrix with ``dok_matrix._update(dict)``, a private method
+    scipy 1.13 removed (``AttributeError: 'dok_matrix' object has no attribute
+    '_update'``) when it made the public ``dok_matrix.update`` take the same
+    dictionary (it refused to before). ``_update`` becomes that public method,
+    which stores the same entries after checking their indices. No-op on
+    scipy < 1.13, which still has ``_update``.
+    """
+    from scipy.sparse import dok_matrix
+
+    if not hasattr(dok_matrix, "_update"):
+        dok_matrix._update = dok_matrix.update
+
+
+def _chained_fillna_applies():
+    """Whether ``frame[column].fillna(value, inplace=True)`` fills ``frame`` (pandas < 3 without Copy-on-Write)."""
+    import warnings
+
+    import pandas as pd
+
+    frame = pd.DataFrame({"a": [float("nan")]})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pandas >= 2.2 warns that this stops working under Copy-on-Write
+        frame["a"].fillna(0.0, inplace=True)
+    return not frame["a"].isna().any()
+
+
+def patch_chained_fillna():
+    r"""Make RecBole's missing-value filling work under pandas' Copy-on-Write (pandas 3).
+
+    RecBole 1.2.1's ``Dataset`` fills missing values with
+    ``frame[field].fillna(value, inplace=True)``:
+
+    - ``_fill_nan`` fills TOKEN fields with 0 (``[PAD]``) and FLOAT fields
+      with the field's mean: empty cells of ``.user``/``.item`` files, and the
+      users and items that have no row there;
+    - ``_load_feat`` fills the empty cells of token_seq and float_seq fields
+      with ``""`` before splitting them.
+
+    Under Copy-on-Write, always on in pandas 3, ``frame[field]`` behaves as a
+    copy, so each call fills that copy and leaves ``frame`` as it was (pandas
+    only warns ``ChainedAssignmentError``). ``_fill_nan`` then silently keeps
+    NaN in float features and in the token ids of items without a feature row
+    (a NaN RecBole later casts to a meaningless ``LongTensor`` index), and
+    ``_load_feat`` fails on the first empty sequence cell (``'float' object has
+    no attribute 'split'``). Here the same values are filled on the frame
+    itself, with ``frame.fillna({field: value}, inplace=True)`` as pandas
+    recommends, before RecBole's own calls: in ``_fill_nan`` for token and
+    float fields, and in ``_load_feat`` on the frame its ``pd.read_csv``
+    returns, for sequence fields. No-op where RecBole's chained calls still
+    fill (pandas < 3 without ``mode.copy_on_write``). Idempotent.
+    """
+    from recbole.data.dataset import Dataset
+
+    if getattr(Dataset._fill_nan, "_ci2mg_patched", False) or _chained_fillna_applies():
+        return
+    from recbole.utils import FeatureType
+
+    recbole_fill_nan = Dataset._fill_nan
+    recbole_load_feat = Dataset._load_feat
+
+    def _fill_nan(self):
+        for feat_name in self.feat_name_list:
+            feat = getattr(self, feat_name)
+            for field in feat:
+                if self.field2type[field] == FeatureType.TOKEN:
+                    feat.fillna({field: 0}, inplace=True)
+                elif self.field2type[field] == FeatureType.FLOAT:
+                    feat.fillna({field: feat[field].mean()}, inplace=True)
+        recbole_fill_nan(self)
+
+    def _load_feat(self, filepath, source):
+        with _sequence_cells_filled():
+            return recbole_load_feat(self, filepath, source)
+
+    _fill_nan._ci2mg_patched = True
+    Dataset._fill_nan = _fill_nan
+    Dataset._load_feat = _load_feat
+
+
+@contextmanager
+def _sequence_cells_filled():
+    """``pandas.read_csv`` filling the empty cells of RecBole's sequence columns (``name:token_seq``) with ``""``."""
+    import pandas as pd
+    from recbole.utils import FeatureType
+
+    read_csv = pd.read_csv
+
+    def read_atomic_file(*args, **kwargs):
+        frame = read_csv(*args, **kwargs)
+        sequences = [column for column in frame.columns if FeatureType(column.split(":")[1]).value.endswith("seq")]
+        frame.fillna({column: "" for column in sequences}, inplace=True)
+        return frame
+
+    pd.read_csv = read_atomic_file
+    try:
+        yield
+    finally:
+        pd.read_csv = read_csv
+
+
+def _series_agg_len_is_elementwise():
+    """Whether ``Series.agg(len)`` gives each row's length (pandas < 3) rather than the row count."""
+    import warnings
+
+    import pandas as pd
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pandas >= 2.1 deprecates the element-wise fallback
+        return not isinstance(pd.Series([[1, 2]]).agg(len), int)
+
+
+@contextmanager
+def _elementwise_agg_len():
+    """``pandas.Series.agg(len)`` as pandas < 3 computed it, ``Series.map(len)``, for the duration."""
+    import pandas as pd
+
+    agg = pd.Series.agg
+
+    def agg_len_per_row(self, func=None, *args, **kwargs):
+        if func is len:
+            return self.map(len)
+        return agg(self, func, *args, **kwargs)
+
+    pd.Series.agg = agg_len_per_row
+    try:
+        yield
+    finally:
+        pd.Series.agg = agg
+
+
+def patch_sequence_lengths():
+    r"""Give RecBole the per-row lengths of its sequence fields under pandas 3.
+
+    RecBole 1.2.1 takes the length of each row of a token_seq or float_seq
+    column with ``frame[field].agg(len)`` and splits the concatenated values
+    back into rows with it: in ``Dataset._remap`` (token_seq ids),
+    ``Dataset._normalize`` and ``Dataset._discretization`` (float_seq
+    values), ``KnowledgeBasedDataset._reset_ent_remapID`` (entity ids), and
+    ``SequentialDataset._benchmark_presets`` (the ``item_length`` of
+    benchmark files). pandas < 3 applied a function that does not aggregate
+    to each element (deprecated since 2.1); pandas 3 passes it the whole
+    Series, so ``len`` returns the number of rows: the splits then fail
+    (``Length of values (1) does not match length of index``) or, in
+    ``_benchmark_presets``, silently give every sequence the dataset's row
+    count as its length. While these methods run, ``Series.agg(len)`` is
+    ``Series.map(len)``, pandas < 3's result; every other function passes
+    through. No-op on pandas < 3. Idempotent.
+    """
+    from recbole.data.dataset import Dataset, KnowledgeBasedDataset, SequentialDataset
+
+    if getattr(Dataset._remap, "_ci2mg_patched", False) or _series_agg_len_is_elementwise():
+        return
+    for cls, name in (
+        (Dataset, "_remap"),
+        (Dataset, "_normalize"),
+        (Dataset, "_discretization"),
+        (KnowledgeBasedDataset, "_reset_ent_remapID"),
+        (SequentialDataset, "_benchmark_presets"),
+    ):
+        setattr(cls, name, _with_elementwise_agg_len(getattr(cls, name)))
+
+
+def _with_elementwise_agg_len(method):
+    def patched(self, *args, **kwargs):
+        with _elementwise_agg_len():
+            return method(self, *args, **kwargs)
+
+    patched.__name__ = method.__name__
+    patched._ci2mg_patched = True
+    return patched

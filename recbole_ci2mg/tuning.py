@@ -33,7 +33,7 @@ import numpy as np
 from recbole.trainer import HyperTuning
 from recbole.utils.utils import dict2str
 
-from recbole_ci2mg.compat import best_trial
+from recbole_ci2mg.compat import best_trial, check_ray_workers, import_ray_tune, ray_runtime_env
 from recbole_ci2mg.data.masks import check_mask_source
 from recbole_ci2mg.quick_start import PROPERTIES_DIR, build_config, objective_function
 from recbole_ci2mg.settings import config_value, refuse_unknown_keys
@@ -288,7 +288,8 @@ def _ray_search(params, base, config_file_list, algo, max_evals, bigger, search_
         raise ImportError("--tool=Ray needs pyarrow, which Ray 2.6.3 does not install: pip install -e '.[ray]'.")
     import ray
     import torch
-    from ray import tune
+
+    tune = import_ray_tune()
 
     space = {}
     for name, (kind, values) in params.items():
@@ -311,7 +312,9 @@ def _ray_search(params, base, config_file_list, algo, max_evals, bigger, search_
         search_alg = BasicVariantGenerator(random_state=search_seed)
     started = not ray.is_initialized()
     if started:
-        ray.init(include_dashboard=False)
+        ray.init(include_dashboard=False, runtime_env=ray_runtime_env())
+    else:
+        check_ray_workers()
     try:
         analysis = tune.run(
             tune.with_parameters(

@@ -318,6 +318,8 @@ def test_yaml_loads_with_recbole_and_keeps_every_row(tmp_path):
     from recbole.config import Config
     from recbole.data import create_dataset
 
+    import recbole_ci2mg  # noqa: F401 - applies recbole_ci2mg.compat's patches (numpy 2) before RecBole's Config
+
     write_mmrec(tmp_path / "src")
     np.save(tmp_path / "v.npy", np.ones((4, 2)))
     convert(tmp_path, features=[FeatureSpec("v", tmp_path / "v.npy")])
