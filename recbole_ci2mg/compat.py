@@ -3,8 +3,8 @@
 RecBole 1.2.1 is its last release. Each function or class here fixes one
 behaviour of it, named in its docstring; nothing else in the package patches
 RecBole, and RecBole itself is neither forked nor copied. Dependency bounds
-that protect RecBole (numpy<2, pandas<3, scipy<1.13, setuptools<81) live in
-``pyproject.toml`` with a comment each.
+(setuptools<81 for RecBole's tuning, and the numpy, scipy and pandas releases
+CI runs) live in ``pyproject.toml`` with a comment each.
 """
 
 import ast
