@@ -5,6 +5,8 @@ the old stack (numpy < 2, scipy < 1.13, pandas < 3) gives; on the new stack it
 fails without the compat patch it names.
 """
 
+import importlib.util
+import json
 import subprocess
 import sys
 
@@ -181,3 +183,21 @@ def test_item_sequences_follow_the_knowledge_graph_item_order(tmp_path):
     assert {item: [str(tokens[i]) for i in row] for item, row in by_item(dataset, "similar").items()} == {
         "[PAD]": [], "1": ["3", "4"], "2": ["1"], "3": ["2", "1", "4"], "4": ["3"]
     }
+
+
+# --- benchmarks/stack_equality.py ------------------------------------------------
+
+
+def test_stack_equality_compare_tells_versions_from_results(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("stack_equality", REPO / "benchmarks" / "stack_equality.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    old = {"versions": {"numpy": "1.26.4"}, "models": {"BPR": {"test": {"recall@20": 0.1}}}}
+    files = [tmp_path / name for name in ("old.json", "new.json", "other.json")]
+    files[0].write_text(json.dumps(old))
+    files[1].write_text(json.dumps({**old, "versions": {"numpy": "2.4.6"}}))
+    files[2].write_text(json.dumps({**old, "models": {"BPR": {"test": {"recall@20": 0.2}}}}))
+    assert script.main(["--compare", str(files[0]), str(files[1])]) == 0
+    assert "/versions/numpy: 1.26.4 | 2.4.6" in capsys.readouterr().out
+    assert script.main(["--compare", str(files[0]), str(files[2])]) == 1
+    assert "/models/BPR/test/recall@20: 0.1 | 0.2" in capsys.readouterr().out
