@@ -8,10 +8,9 @@ import numpy as np
 import pytest
 import torch
 from recbole.data import data_preparation
-from recbole.data.interaction import Interaction
 from recbole.utils import init_seed
 
-from conftest import write_benchmark
+from conftest import both_scores, optimizer_step, write_benchmark
 from recbole_ci2mg.model.layers.item_graph import knn_cache_key, knn_neighbours
 from recbole_ci2mg.quick_start import build_config, create_dataset, run_recbole
 from recbole_ci2mg.registry import get_model
@@ -40,28 +39,6 @@ def build(name, settings, dataset="tiny", **overrides):
     return config, model, train
 
 
-def train_step(model, optimizer, batch):
-    model.train()
-    optimizer.zero_grad()
-    loss = model.calculate_loss(batch)
-    loss.backward()
-    optimizer.step()
-    return loss
-
-
-def both_scores(model):
-    """``full_sort_predict`` and ``predict`` over every (user, item) pair, each ``[n_users - 1, n_items]``."""
-    users = torch.arange(1, model.n_users)
-    items = torch.arange(model.n_items)
-    with torch.no_grad():
-        full = model.full_sort_predict(Interaction({model.USER_ID: users})).view(len(users), -1)
-        pairs = Interaction(
-            {model.USER_ID: users.repeat_interleave(len(items)), model.ITEM_ID: items.repeat(len(users))}
-        )
-        pointwise = model.predict(pairs).view(len(users), -1)
-    return full, pointwise
-
-
 # --- every model ---------------------------------------------------------------
 
 
@@ -71,7 +48,7 @@ def test_one_training_step_lowers_the_loss_on_the_same_batch(tiny, name):
     batch = next(iter(train))
     optimizer = torch.optim.Adam(model.parameters(), lr=config["learning_rate"])
     torch.manual_seed(0)  # the same edge and hyperedge dropout in both evaluations (HCCF)
-    before = train_step(model, optimizer, batch).item()
+    before = optimizer_step(model, optimizer, batch).item()
     torch.manual_seed(0)
     after = model.calculate_loss(batch).item()
     assert np.isfinite(before) and after < before
@@ -82,7 +59,7 @@ def test_full_sort_matches_predict_and_its_cache_is_cleared_by_training(tiny, na
     config, model, train = build(name, tiny, missing_rate=0.3)
     batch = next(iter(train))
     optimizer = torch.optim.Adam(model.parameters(), lr=0.05)
-    train_step(model, optimizer, batch)  # biases and every parameter away from their initial values
+    optimizer_step(model, optimizer, batch)  # biases and every parameter away from their initial values
 
     model.eval()
     full, pointwise = both_scores(model)
@@ -90,7 +67,7 @@ def test_full_sort_matches_predict_and_its_cache_is_cleared_by_training(tiny, na
     # (and CPU kernels differ between machines); HCCF's scores reach ~10 here.
     torch.testing.assert_close(full, pointwise, rtol=1e-3, atol=1e-5)
 
-    train_step(model, optimizer, batch)
+    optimizer_step(model, optimizer, batch)
     model.eval()
     full_after, pointwise_after = both_scores(model)
     torch.testing.assert_close(full_after, pointwise_after, rtol=1e-3, atol=1e-5)

@@ -6,10 +6,10 @@ import pytest
 import torch
 from recbole.data.interaction import Interaction
 
-from conftest import REPO, planted_interactions, write_benchmark
+from conftest import REPO, both_scores, planted_interactions, write_benchmark
 from recbole_ci2mg import tuning
 from recbole_ci2mg.quick_start import run_recbole
-from test_baselines_freedom_vbpr_hccf import both_scores
+
 from test_baselines_mmgcl_slmrec_mmssl import one_thread  # noqa: F401 (autouse: one torch thread here too)
 from test_baselines_mmgcl_slmrec_mmssl import modality_settings, prepare, seeded_loss, train_step
 
