@@ -21,7 +21,7 @@ from conftest import REPO, planted_interactions, write_benchmark
 from recbole_ci2mg.model import CI2MG, LightGCNM
 from recbole_ci2mg.model.layers.content import standardise
 from recbole_ci2mg.model.layers.graph import ConstantSparse, MeanAggregation
-from recbole_ci2mg.model.layers.hypergraph import PrototypeHypergraph, hypergraph_degrees
+from recbole_ci2mg.model.layers.hypergraph import PrototypeHypergraph, PrototypeIncidence, hypergraph_degrees
 from recbole_ci2mg.model.layers.transport import (
     InterModalityTransport,
     dense_plan,
@@ -203,6 +203,35 @@ def test_incidence_is_non_negative_with_positive_degrees():
     edge_degree, node_degree = hypergraph_degrees(H, hypergraph.edge_weight)
     assert (edge_degree > 0).all() and (node_degree > 0).all()
     assert Q.shape == (500, 8) and torch.isfinite(Q).all()
+
+
+def test_a_row_without_direction_has_uniform_membership_and_no_gradient():
+    torch.manual_seed(0)
+    incidence = PrototypeIncidence(n_prototypes=5, dim=4, temperature=0.1)
+    features = torch.randn(3, 4)
+    features[1] = 0
+    features.requires_grad_(True)
+    H = incidence(features)
+    assert torch.allclose(H[1], torch.full((5,), 0.2))
+    (H * torch.randn(3, 5)).sum().backward()
+    assert torch.isfinite(features.grad).all()
+    assert (features.grad[1] == 0).all() and (features.grad[0] != 0).any()
+
+
+def test_first_step_gradients_stay_bounded_when_eq1_rows_are_zero(tmp_path):
+    # RecBole initialises the projection bias to zero and a missing row projects to
+    # the bias, so at a high missing rate some items aggregate only zero rows. Their
+    # cosine to the prototypes once had the gradient 1/eps (1e12 through F.normalize),
+    # which froze the bias under Adam for the rest of training.
+    model, train, *_ = build(tmp_path, missing_rate=0.9)
+    batch = first_batch(train)
+    left_out = model.aggregation.without(batch[model.USER_ID], batch[model.ITEM_ID])
+    item_views = model.content(left_out)[1]
+    assert any((view.norm(dim=1) == 0).any() for view in item_views)
+    model.train()
+    model.calculate_loss(batch).backward()
+    largest = max(float(p.grad.norm()) for p in model.parameters() if p.grad is not None)
+    assert largest < 1e3
 
 
 # --- Eq. 6-9: optimal transport -----------------------------------------------
