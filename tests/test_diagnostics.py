@@ -1,0 +1,114 @@
+"""The diagnosis readings of a trained CI²MG-family model (recbole_ci2mg.diagnostics)."""
+
+import json
+import math
+
+import pytest
+import torch
+from recbole.data import data_preparation
+from recbole.utils import init_seed
+
+from recbole_ci2mg import diagnostics
+from recbole_ci2mg.model.layers.transport import BlockDiagonalPlan, DensePlan
+from recbole_ci2mg.quick_start import build_config, create_dataset, run_recbole
+from recbole_ci2mg.registry import get_model
+from recbole_ci2mg.trainer import get_trainer
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def built(settings, model="CI2MG", **overrides):
+    config = build_config(model, "tiny", config_dict={"n_prototypes": 4, "ot_block_size": 16, **settings, **overrides})
+    init_seed(config["seed"], True)
+    train, valid, _ = data_preparation(config, create_dataset(config))
+    model = get_model(model)(config, train._dataset)
+    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
+    return model, trainer, train, valid
+
+
+def test_score_shares_separate_a_personal_block_from_an_item_prior():
+    torch.manual_seed(0)
+    users, items, d = 50, 30, 4
+    user_e = torch.randn(users, 2 * d)
+    item_e = torch.randn(items, 2 * d)
+    user_e[:, d:] = torch.randn(d)  # the second block: one user vector for everyone, a pure item prior
+    parts = {"id": slice(0, d), "m": slice(d, 2 * d)}
+    shares = diagnostics.score_shares(user_e, item_e, parts, torch.arange(users))
+    assert shares["m"]["item_prior"] == pytest.approx(1.0)
+    assert shares["id"]["item_prior"] < 0.2
+    # a block of zeros has no share; the other then carries all of it
+    item_e[:, d:] = 0
+    shares = diagnostics.score_shares(user_e, item_e, parts, torch.arange(users))
+    assert shares["m"]["share"] == 0 and shares["id"]["share"] == pytest.approx(1.0)
+    assert shares["m"]["item_prior"] is None
+
+
+def test_plan_row_entropy_is_one_for_a_uniform_plan_and_lower_for_a_peaked_one():
+    n = 6
+    assert diagnostics.plan_row_entropy(DensePlan(torch.full((n, n), 1.0 / n))) == pytest.approx(1.0)
+    peaked = torch.eye(n) * 0.9 + 0.1 / n
+    assert diagnostics.plan_row_entropy(DensePlan(peaked)) < 0.5
+    blocks = torch.arange(8).view(2, 4)
+    uniform = BlockDiagonalPlan(8, [(blocks, torch.ones(2, 4, 4), torch.ones(2, 4), torch.ones(2, 4))])
+    assert diagnostics.plan_row_entropy(uniform) == pytest.approx(1.0)
+
+
+def test_block_recall_of_every_block_is_the_models_validation_score(tiny):
+    model, trainer, _, valid = built(tiny)
+    full = float(trainer.evaluate(valid, load_best_model=False)["recall@20"])
+    parts = diagnostics.blocks(model)
+    assert list(parts) == ["id", "v", "t"]
+    assert diagnostics.block_recall(trainer, model, valid, parts) == pytest.approx(full)
+    id_only = diagnostics.block_recall(trainer, model, valid, ["id"])
+    model.restore_user_e = None  # block_recall leaves no cached scores behind
+    user_e, item_e, _ = model.forward()
+    scores = user_e[:, parts["id"]] @ item_e[:, parts["id"]].T
+    assert model.restore_user_e is None and 0 <= id_only <= 1
+    assert torch.isfinite(scores).all()
+
+
+def test_eq1_readings_count_users_whose_items_all_miss_a_modality(tiny):
+    model, *_ = built(tiny, missing_rate=0.0)
+    complete = diagnostics.eq1_readings(model)
+    assert complete["v"]["users_without_content"] == 0
+    assert 0 < complete["v"]["variance_kept"] < 2
+    model, *_ = built(tiny, missing_rate=1.0)
+    nothing = diagnostics.eq1_readings(model)["v"]
+    assert nothing["users_without_content"] == pytest.approx(1.0)
+    assert nothing["variance_kept"] is None  # every row projects to the bias: nothing to keep
+
+
+def test_transport_readings_restore_the_partition_and_see_a_redrawn_one(tiny):
+    model, *_ = built(tiny)
+    before = model.transport.block_order.clone()
+    readings = diagnostics.transport_readings(model)
+    assert torch.equal(model.transport.block_order, before)
+    assert set(readings) == {"v->t", "t->v"}
+    for reading in readings.values():
+        assert 0 < reading["row_entropy"] <= 1 + 1e-6
+        assert reading["q_hat_change"] > 0 and reading["to_uniform"] >= 0
+
+
+def test_contrastive_reading_gives_the_chance_level_of_the_batch(tiny):
+    model, _, train, _ = built(tiny)
+    batch = next(iter(train))
+    reading = diagnostics.contrastive_reading(model, batch)
+    n = len(torch.unique(batch[model.ITEM_ID]))
+    assert set(reading) == {"v", "t"}
+    assert all(r["chance"] == pytest.approx(math.log(n)) and math.isfinite(r["loss"]) for r in reading.values())
+
+
+def test_the_command_reads_a_checkpoint_written_by_a_run(tiny, tmp_path):
+    result = run_recbole("CI2MG", "tiny", config_dict={**tiny, "n_prototypes": 4, "epochs": 1, "missing_rate": 0.5})
+    out = tmp_path / "readings.jsonl"
+    diagnostics.main([result["saved_model_file"], "--users", "20", "--out", str(out)])
+    reading = json.loads(out.read_text())
+    assert reading["model"] == "CI2MG" and reading["missing_rate"] == 0.5
+    assert reading["valid_recall@20"]["all"] == pytest.approx(result["best_valid_result"]["recall@20"])
+    assert {"score_shares", "eq1", "transport", "contrastive"} <= set(reading)
