@@ -37,10 +37,9 @@ from recbole_ci2mg.model.layers.transport import BlockDiagonalPlan, DensePlan
 
 
 def blocks(model):
-    """``{name: slice}`` of the Eq. 13 blocks of a CI²MG-family model: ``id`` then each modality."""
+    """``{name: slice}`` of the Eq. 13 blocks of a CI²MG-family model (``model.score_blocks``)."""
     d = model.latent_dim
-    names = ["id"] + list(model.modality_names)
-    return {name: slice(k * d, (k + 1) * d) for k, name in enumerate(names)}
+    return {name: slice(k * d, (k + 1) * d) for k, name in enumerate(model.score_blocks)}
 
 
 @torch.no_grad()

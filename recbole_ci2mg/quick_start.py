@@ -48,18 +48,20 @@ patch_pickled_caches()
 patch_training_negatives()
 
 
-def properties_files(model_name, dataset):
+def properties_files(model_class, dataset):
     r"""The project's YAML files for a run, in RecBole's order.
 
-    ``overall.yaml`` (the shared evaluation protocol), then
-    ``model/<model>.yaml``, then ``dataset/<dataset>.yaml``, each when present.
-    They come before the user's own files, which override them.
+    ``overall.yaml`` (the shared evaluation protocol), then the YAML of every
+    model named in the class's ``properties_from`` (a variant reads its parent's
+    defaults first), then ``model/<model>.yaml``, then ``dataset/<dataset>.yaml``,
+    each when present. They come before the user's own files, which override them.
     """
-    candidates = [
-        PROPERTIES_DIR / "overall.yaml",
-        PROPERTIES_DIR / "model" / f"{model_name}.yaml",
-        PROPERTIES_DIR / "dataset" / f"{dataset}.yaml",
-    ]
+    models = list(getattr(model_class, "properties_from", ())) + [model_class.__name__]
+    candidates = (
+        [PROPERTIES_DIR / "overall.yaml"]
+        + [PROPERTIES_DIR / "model" / f"{name}.yaml" for name in models]
+        + [PROPERTIES_DIR / "dataset" / f"{dataset}.yaml"]
+    )
     return [str(path) for path in candidates if path.is_file()]
 
 
@@ -72,7 +74,7 @@ def build_config(model, dataset, config_file_list=None, config_dict=None):
     default knows is an error naming the closest known keys (:func:`recbole_ci2mg.settings.refuse_unknown_keys`).
     """
     model_class = get_model(model)
-    files = properties_files(model_class.__name__, dataset) + list(config_file_list or [])
+    files = properties_files(model_class, dataset) + list(config_file_list or [])
     config = ConfigWithoutCommandLine(
         model=model_class, dataset=dataset, config_file_list=files, config_dict=config_dict
     )
@@ -99,7 +101,7 @@ def _checkpoint_config(model_file, saved_config):
         )
     model_class = get_model(saved_config["model"])
     dataset = saved_config["dataset"]
-    files = properties_files(model_class.__name__, dataset)
+    files = properties_files(model_class, dataset)
     config = CheckpointConfig(model_file, model_class, dataset, files, saved_config["settings"])
     refuse_unsafe_settings(config, f"Checkpoint {model_file}")
     return config

@@ -8,7 +8,7 @@ groups, tuning, checkpoint reload) resolves names through :func:`get_model`.
 from recbole.utils import get_model as recbole_get_model
 
 from recbole_ci2mg.compat import keep_anomaly_mode
-from recbole_ci2mg.model import CI2MG, LightGCNM
+from recbole_ci2mg.model import CI2MG, CI2MGS, LightGCNM
 from recbole_ci2mg.model.baselines.dgmrec import DGMRec
 from recbole_ci2mg.model.baselines.freedom import FREEDOM
 from recbole_ci2mg.model.baselines.hccf import HCCF
@@ -25,6 +25,7 @@ from recbole_ci2mg.model.baselines.bm3 import BM3
 PLUGIN_MODELS = {
     "CI2MG": CI2MG,
     "LightGCN-M": LightGCNM,
+    "CI2MG-S": CI2MGS,
     "VBPR": VBPR,
     "FREEDOM": FREEDOM,
     "HCCF": HCCF,

@@ -162,6 +162,11 @@ class CI2MG(GeneralRecommender):
         return super().train(mode)
 
     @property
+    def score_blocks(self):
+        """Names of the Eq. 13 blocks, in order, each ``d`` wide: ``id``, then every modality."""
+        return ["id"] + list(self.modality_names)
+
+    @property
     def aggregation(self):
         """Eq. 1's :class:`~recbole_ci2mg.model.layers.graph.MeanAggregation`."""
         return self.content.aggregation
@@ -178,10 +183,7 @@ class CI2MG(GeneralRecommender):
             dict of per-modality lists ``Q`` (intra view), ``Q_hat`` (inter view or None) and
             ``Z`` (item modality embeddings), each ``[N_V, d]``.
         """
-        ego = torch.cat([self.user_embedding.weight, self.item_embedding.weight])
-        user_id, item_id = torch.split(
-            lightgcn_propagate(self.norm_adj_matrix, ego, self.n_layers), [self.n_users, self.n_items]
-        )  # Eq. 2, X^U and X^V
+        user_id, item_id = self.id_embeddings()  # Eq. 2, X^U and X^V
 
         # contrastive intra- and inter-modality generation
         user_views, item_views = self.content(left_out)  # Eq. 1, F^{U,m} [N_U, d] and F^{V,m} [N_V, d]
@@ -194,9 +196,17 @@ class CI2MG(GeneralRecommender):
 
         # enhanced multimedia recommendation
         Z = [self.generate(m, Q[m], Q_hat[m] if Q_hat else None) for m in range(self.n_modalities)]  # Eq. 11
-        user_e = torch.cat([user_id] + user_views, dim=1)  # Eq. 13, X̂^U
-        item_e = torch.cat([item_id] + Z, dim=1)  # Eq. 13, X̂^V
+        user_e, item_e = self.scoring_embeddings(user_id, item_id, user_views, Z)  # Eq. 13
         return user_e, item_e, {"Q": Q, "Q_hat": Q_hat, "Z": Z}
+
+    def id_embeddings(self):
+        r"""Eq. 2: LightGCN over the training graph, ``X^U`` ``[N_U, d]`` and ``X^V`` ``[N_V, d]``."""
+        ego = torch.cat([self.user_embedding.weight, self.item_embedding.weight])
+        return torch.split(lightgcn_propagate(self.norm_adj_matrix, ego, self.n_layers), [self.n_users, self.n_items])
+
+    def scoring_embeddings(self, user_id, item_id, user_views, Z):
+        r"""Eq. 13: :math:`\hat{X}^U = [X^U \| F^{U,1} \| \dots]`, :math:`\hat{X}^V = [X^V \| Z^1 \| \dots]`."""
+        return torch.cat([user_id] + user_views, dim=1), torch.cat([item_id] + Z, dim=1)
 
     def generate(self, m, intra, inter):
         r"""Eq. 11 (task-guided generation), or the mean of the views without it. ``[N_V, d]``."""

@@ -1,0 +1,114 @@
+"""CI²MG-S: CI²MG's completed modalities as an item-item graph (recbole_ci2mg/model/ci2mg_structure.py)."""
+
+import numpy as np
+import pytest
+import torch
+from recbole.data import data_preparation
+from recbole.utils import init_seed
+
+from conftest import both_scores, optimizer_step, planted_interactions, write_benchmark
+from recbole_ci2mg.quick_start import build_config, create_dataset, properties_files
+from recbole_ci2mg.registry import get_model
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def settings(tmp_path):
+    splits, clusters = planted_interactions()
+    rng = np.random.default_rng(1)
+    v = np.eye(4, dtype=np.float32)[clusters] + 0.01 * rng.standard_normal((40, 4)).astype(np.float32)
+    t = rng.standard_normal((40, 3)).astype(np.float32)
+    return write_benchmark(tmp_path / "data", "tiny", splits, {"v": (v, None), "t": (t, None)})
+
+
+def built(settings, model="CI2MG-S", **overrides):
+    config = build_config(model, "tiny", config_dict={
+        "n_prototypes": 4, "ot_block_size": 16, "missing_rate": 0.5, **settings, **overrides})
+    train, _, _ = data_preparation(config, create_dataset(config))
+    init_seed(config["seed"], config["reproducibility"])
+    return get_model(model)(config, train._dataset), train
+
+
+def test_the_variant_reads_ci2mgs_defaults_first(settings):
+    files = properties_files(get_model("CI2MG-S"), "tiny")
+    assert [f.rsplit("/", 1)[-1] for f in files] == ["overall.yaml", "CI2MG.yaml", "CI2MGS.yaml"]
+    config = build_config("CI2MG-S", "tiny", config_dict=settings)
+    assert config["hyper_temperature"] == 0.1 and config["ot_solver"] == "scalable"  # from CI2MG.yaml
+    assert config["item_graph"] == "generated"  # from CI2MGS.yaml
+
+
+def test_without_graph_and_with_content_it_is_ci2mg(settings):
+    variant, train = built(settings, item_graph="none", score_content=True)
+    ci2mg, _ = built(settings, model="CI2MG")
+    batch = next(iter(train))
+    for model in (variant, ci2mg):
+        model.train()
+    torch.manual_seed(0)
+    a = variant.calculate_loss(batch)
+    torch.manual_seed(0)
+    b = ci2mg.calculate_loss(batch)
+    assert torch.equal(a, b)
+
+
+def test_the_raw_graph_links_observed_items_and_leaves_missing_ones_alone(settings):
+    model, _ = built(settings, item_graph="raw")
+    assert bool(model.graph_built)
+    for m in range(model.n_modalities):
+        observed = torch.zeros(model.n_items, dtype=torch.bool)
+        observed[model.content.observed_index(m)] = True
+        neighbours, weights = model.graph_neighbours[m], model.graph_weights[m]
+        for item in torch.nonzero(~observed).squeeze(1).tolist():
+            assert neighbours[item, 0] == item and weights[item, 0] == 1 and (weights[item, 1:] == 0).all()
+        linked = neighbours[observed][weights[observed] > 0]
+        assert observed[linked].all()  # observed items link only observed items
+    adjacency = model.item_adjacency().to_coo().to_dense()
+    assert torch.isfinite(adjacency).all() and (adjacency >= 0).all()
+
+
+def test_the_generated_graph_is_rebuilt_each_epoch_and_saved_with_the_model(settings):
+    model, train = built(settings, item_graph="generated")
+    model.train()  # an epoch starts: the graph is built from the initialised model
+    assert bool(model.graph_built)
+    first = model.graph_neighbours.clone()
+    reaches = torch.zeros(model.n_items, dtype=torch.bool)
+    reaches[first[:, 1:].reshape(-1)] = True
+    assert reaches[1:].float().mean() > 0.5  # missing items are linked too, not only observed ones
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.05)
+    for batch in train:
+        optimizer_step(model, optimizer, batch)
+    model.eval()
+    assert torch.equal(model.graph_neighbours, first)  # evaluation does not rebuild
+    model.train()
+    assert not torch.equal(model.graph_neighbours, first)
+    model.eval()
+    full, pointwise = both_scores(model)
+    assert torch.allclose(full, pointwise, rtol=1e-4, atol=1e-5)
+    reloaded, _ = built(settings, item_graph="generated")
+    reloaded.load_state_dict(model.state_dict())
+    reloaded.eval()
+    assert torch.allclose(both_scores(reloaded)[0], full, rtol=1e-5, atol=1e-6)
+
+
+def test_without_content_in_the_score_only_the_id_block_is_scored(settings):
+    model, train = built(settings, item_graph="generated", score_content=False)
+    model.train()
+    model.eval()
+    user_e, item_e, views = model.forward()
+    assert user_e.shape[1] == model.latent_dim and item_e.shape[1] == model.latent_dim
+    assert model.score_blocks == ["id"]
+    model.train()
+    loss = model.calculate_loss(next(iter(train)))
+    loss.backward()
+    assert model.content.projections[0].weight.grad is not None  # the content branch still trains (Eq. 10, 12)
+
+
+def test_an_unknown_graph_is_a_clear_error(settings):
+    with pytest.raises(ValueError, match="item_graph must be one of"):
+        built(settings, item_graph="knn")
