@@ -74,9 +74,10 @@ def test_the_raw_graph_links_observed_items_and_leaves_missing_ones_alone(settin
 
 def test_the_generated_graph_is_rebuilt_each_epoch_and_saved_with_the_model(settings):
     model, train = built(settings, item_graph="generated")
-    model.train()  # an epoch starts: the graph is built from the initialised model
-    assert bool(model.graph_built)
+    assert bool(model.graph_built)  # built with the model, from its initialised Z
     first = model.graph_neighbours.clone()
+    model.train()  # an epoch starts: rebuilt, from the same parameters
+    assert torch.equal(model.graph_neighbours, first)
     reaches = torch.zeros(model.n_items, dtype=torch.bool)
     reaches[first[:, 1:].reshape(-1)] = True
     assert reaches[1:].float().mean() > 0.5  # missing items are linked too, not only observed ones

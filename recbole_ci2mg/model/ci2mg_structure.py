@@ -53,8 +53,8 @@ class CI2MGS(CI2MG):
       features; an item missing modality ``m`` has only its self-loop in
       :math:`A_m`, built once), or ``generated`` (:math:`Z^m`, Eq. 11, of every
       item, rebuilt at the start of every training epoch from the model in
-      evaluation mode, so no training state is drawn; the first from the
-      initialised model, whose :math:`Z^m` are random projections of the
+      evaluation mode, so no training state is drawn; first when the model
+      is built, from the initialised :math:`Z^m`, random projections of the
       aggregated content).
     - ``score_content``: whether the modality blocks enter Eq. 13.
 
@@ -89,6 +89,8 @@ class CI2MGS(CI2MG):
                 full = self.content.observed_features(m).new_zeros(self.n_items, self.content.observed_features(m).shape[1])
                 features.append((full.index_copy(0, index, self.content.observed_features(m)), index))
             self.set_item_graph(features)
+        elif self.item_graph == "generated":
+            self.rebuild_generated_graph()  # from the initialised model, so a fresh model scores with a graph too
 
     @property
     def score_blocks(self):
