@@ -41,7 +41,7 @@ def test_the_variant_reads_ci2mgs_defaults_first(settings):
     assert [f.rsplit("/", 1)[-1] for f in files] == ["overall.yaml", "CI2MG.yaml", "CI2MGS.yaml"]
     config = build_config("CI2MG-S", "tiny", config_dict=settings)
     assert config["hyper_temperature"] == 0.1 and config["ot_solver"] == "scalable"  # from CI2MG.yaml
-    assert config["item_graph"] == "generated"  # from CI2MGS.yaml
+    assert config["item_graph"] == "raw"  # from CI2MGS.yaml
 
 
 def test_without_graph_and_with_content_it_is_ci2mg(settings):
