@@ -114,7 +114,7 @@ def eq1_readings(model):
     with training items none of whose modality ``m`` is observed.
     """
     aggregation = model.content.aggregation
-    user_views, item_views = model.content()
+    item_views = model.content()[1]
     out = {}
     for m, name in enumerate(model.modality_names):
         projected = model.content.project(m)

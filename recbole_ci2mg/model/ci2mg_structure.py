@@ -84,10 +84,9 @@ class CI2MGS(CI2MG):
         self._item_adj = None
         if self.item_graph == "raw":
             features = []
-            for m in range(self.n_modalities):
-                index = self.content.observed_index(m)
-                full = self.content.observed_features(m).new_zeros(self.n_items, self.content.observed_features(m).shape[1])
-                features.append((full.index_copy(0, index, self.content.observed_features(m)), index))
+            for m in range(self.n_modalities):  # the standardised features, missing rows 0 (never linked)
+                index, rows = self.content.observed_index(m), self.content.observed_features(m)
+                features.append((rows.new_zeros(self.n_items, rows.shape[1]).index_copy(0, index, rows), index))
             self.set_item_graph(features)
         elif self.item_graph == "generated":
             self.rebuild_generated_graph()  # from the initialised model, so a fresh model scores with a graph too
