@@ -8,6 +8,11 @@ Trials are selected on the validation score (valid_metric); the best
 configuration's valid and test results are printed and written to
 --output_file and <output_file>.json, with every trial's.
 
+A Hyperopt search is resumable: each finished trial is recorded at once in
+<output_file>.trials.jsonl, and the same command run again skips the
+recorded trials (an interruption loses only the trial in progress); a larger
+--max_evals extends a finished search.
+
 One-parameter sensitivity (the paper's Figure 4): valid and test scores against
 the values of one setting, as a PNG, a CSV and a Markdown table:
 
@@ -45,7 +50,7 @@ def main():
     parser.add_argument("--max_evals", type=int, default=100, help="trials at most (random, bayes)")
     parser.add_argument("--early_stop", type=int, default=None,
                         help="stop after this many trials without improvement (default 10; never for exhaustive)")
-    parser.add_argument("--search_seed", type=int, default=None, help="seed of the hyperopt sampler")
+    parser.add_argument("--search_seed", type=int, default=None, help="seed of the hyperopt sampler (default: the config's seed)")
     parser.add_argument("--sensitivity", default=None, help="KEY:V1,V2,... sweep one setting instead of searching")
     parser.add_argument("--seeds", default=None, help="training seeds of the sweep, e.g. 2020,2021,2022")
     args, rest = parser.parse_known_args()

@@ -20,6 +20,14 @@ Search spaces are read from RecBole's params files, one parameter a line::
     embedding_size quniform 16,64,16
 
 with ``#`` comments and blank lines allowed.
+
+A Hyperopt search with an ``output_file`` is resumable: every finished trial
+is appended at once to ``<output_file>.trials.jsonl`` (:class:`TrialLog`), and
+the same command run again replays the recorded trials to the sampler without
+training them, so an interrupted search loses at most the trial in progress.
+The sampler is seeded (``search_seed``, by default the config's ``seed``), so
+the replayed search proposes the same configurations in the same order; a
+larger ``max_evals`` extends a finished search.
 """
 
 import ast
@@ -35,6 +43,7 @@ from recbole.utils.utils import dict2str
 
 from recbole_ci2mg.compat import best_trial, check_ray_workers, import_ray_tune, ray_runtime_env
 from recbole_ci2mg.data.masks import check_mask_source
+from recbole_ci2mg.results import locked
 from recbole_ci2mg.quick_start import PROPERTIES_DIR, build_config, objective_function
 from recbole_ci2mg.settings import config_value, refuse_unknown_keys
 
@@ -155,6 +164,65 @@ def _trial_record(params, result):
     }
 
 
+def trials_path(output_file):
+    """``<output_file>.trials.jsonl``, the record of every finished trial of a search."""
+    return Path(f"{output_file}.trials.jsonl")
+
+
+def _canonical(value):
+    return json.dumps(value, sort_keys=True, default=_json_default)
+
+
+class TrialLog:
+    r"""The finished trials of one search, one JSON line each, written as soon as a trial ends.
+
+    The first line describes the search (model, dataset, algorithm, sampler seed,
+    space and fixed settings); a file that describes another search is refused,
+    so a record is never reused for a trial it was not run for.
+
+    Args:
+        path: the ``.trials.jsonl`` file (created when the first trial ends).
+        search (dict): the search's description, JSON-serialisable.
+    """
+
+    def __init__(self, path, search):
+        self.path, self.search = Path(path), json.loads(_canonical(search))
+        self.records = {}
+        if not self.path.exists():
+            return
+        lines = [line for line in self.path.read_text().splitlines() if line.strip()]
+        for number, line in enumerate(lines, start=1):
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise ValueError(
+                    f"{self.path}, line {number}, is not a JSON record ({error.msg}). Delete that line "
+                    f"(a trial cut off while writing it); that trial will be run again."
+                ) from None
+            if number == 1:
+                if entry.get("search") != self.search:
+                    raise ValueError(
+                        f"{self.path} records another search ({_canonical(entry.get('search'))}), not this one "
+                        f"({_canonical(self.search)}). Give another --output_file, or delete the file to start over."
+                    )
+            else:
+                self.records[_canonical(entry["params"])] = entry
+
+    def get(self, params):
+        """The record of the trial with ``params``, or None."""
+        return self.records.get(_canonical(params))
+
+    def add(self, record):
+        """Append one trial's record (the description first, when the file is new)."""
+        lines = [] if self.path.exists() and self.path.stat().st_size else [_canonical({"search": self.search})]
+        lines.append(_canonical(record))
+        data = ("\n".join(lines) + "\n").encode()
+        with locked(self.path) as fd:
+            if os.write(fd, data) != len(data):
+                raise OSError(f"{self.path}: the record of trial {record['params']} was cut off while writing.")
+        self.records[_canonical(record["params"])] = json.loads(_canonical(record))
+
+
 def tune(
     model,
     dataset,
@@ -182,9 +250,11 @@ def tune(
         config_dict (dict): settings fixed for every trial (the command line's
             ``--key=value``); they may not overlap the searched names.
         output_file (str): where RecBole's text export goes; a JSON of the same
-            content is written to ``<output_file>.json``.
-        tool (str): ``Hyperopt`` (RecBole's ``HyperTuning``) or ``Ray``.
-        search_seed (int): seed of the sampler (hyperopt's, or Ray's), for a repeatable search.
+            content is written to ``<output_file>.json``. With Hyperopt, every finished
+            trial is also recorded in ``<output_file>.trials.jsonl`` and a rerun skips it.
+        tool (str): ``Hyperopt`` (RecBole's ``HyperTuning``) or ``Ray`` (not resumable).
+        search_seed (int): seed of the sampler (hyperopt's, or Ray's), for a repeatable search;
+            with Hyperopt, by default the config's ``seed``.
 
     Returns:
         dict: ``best`` (``params``, ``valid_score``, ``valid_result``,
@@ -214,13 +284,21 @@ def tune(
         bigger = config["valid_metric_bigger"]
         trials = _ray_search(params, base, config_file_list, algo, max_evals, bigger, search_seed)
     else:
-        trials = _hyperopt_search(params, base, config_file_list, algo, max_evals, early_stop, search_seed)
+        if search_seed is None:
+            search_seed = config["seed"]
+        log = None
+        if output_file:
+            search = {"model": model, "dataset": dataset, "algo": algo, "search_seed": search_seed,
+                      "params": params, "fixed": fixed, "config_files": [str(f) for f in config_file_list or []]}
+            log = TrialLog(trials_path(output_file), search)
+        trials = _hyperopt_search(params, base, config_file_list, algo, max_evals, early_stop, search_seed, log)
 
     summary = {
         "model": model,
         "dataset": dataset,
         "tool": tool,
         "algo": algo,
+        "search_seed": search_seed,
         "params_file": str(params_file),
         "fixed": fixed,
         "valid_metric": config["valid_metric"],
@@ -233,12 +311,26 @@ def tune(
     return summary
 
 
-def _hyperopt_search(params, base, config_file_list, algo, max_evals, early_stop, search_seed):
+def _hyperopt_search(params, base, config_file_list, algo, max_evals, early_stop, search_seed, log=None):
     trials = []
 
     def trial_objective(trial_params, fixed_config_file_list):
+        recorded = log.get(trial_params) if log is not None else None
+        if recorded is not None:
+            print(f"trial {_canonical(trial_params)}: recorded in {log.path}, not run again")
+            trials.append(recorded)
+            return {
+                "model": base["model"],
+                "best_valid_score": recorded["valid_score"],
+                "valid_score_bigger": recorded["valid_score_bigger"],
+                "best_valid_result": recorded["valid_result"],
+                "test_result": recorded["test_result"],
+            }
         result = objective_function({**base, **trial_params}, fixed_config_file_list)
-        trials.append(_trial_record(trial_params, result))
+        record = {**_trial_record(trial_params, result), "valid_score_bigger": result["valid_score_bigger"]}
+        if log is not None:
+            log.add(record)
+        trials.append(record)
         return result
 
     space = hyperopt_space(params)
@@ -256,7 +348,7 @@ def _hyperopt_search(params, base, config_file_list, algo, max_evals, early_stop
     # reads its seed from this variable.
     previous = os.environ.get("HYPEROPT_FMIN_SEED")
     if search_seed is not None:
-        os.environ["HYPEROPT_FMIN_SEED"] = str(search_seed)
+        os.environ["HYPEROPT_FMIN_SEED"] = str(search_seed)  # also what makes a rerun propose the same trials
     try:
         tuner.run()
     finally:

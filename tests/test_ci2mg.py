@@ -175,6 +175,32 @@ def test_content_encoder_projects_observed_rows_as_the_whole_matrix_would(tmp_pa
         assert model.content.observed_features(m).shape[0] == int(observed.sum())  # missing rows not kept
 
 
+def test_without_a_content_bias_a_user_with_only_missing_items_has_a_zero_modality_view(tmp_path):
+    model, train, *_ = build(tmp_path, 2, missing_rate=0.9, content_bias=False)
+    dataset = train._dataset
+    R = model.interaction_matrix.tocsr()
+    users, items = model.content()
+    for m, name in enumerate(model.modality_names):
+        observed = dataset.modality_observed[name].bool().numpy()
+        assert model.content.projections[m].bias is None
+        projected = model.content.project(m)
+        assert torch.equal(projected[torch.from_numpy(~observed)], torch.zeros(int((~observed).sum()), model.latent_dim))
+        blind = [u for u in range(1, R.shape[0]) if R[u].nnz and not observed[R[u].indices].any()]
+        seeing = [u for u in range(1, R.shape[0]) if observed[R[u].indices].any()]
+        assert blind and seeing, "the tiny data no longer has users of both kinds"
+        assert torch.equal(users[m][blind], torch.zeros(len(blind), model.latent_dim))
+        assert (users[m][seeing].norm(dim=1) > 0).all()
+    optimiser = torch.optim.Adam(model.parameters(), lr=0.01)
+    loss = model.calculate_loss(next(iter(train)))
+    loss.backward()
+    optimiser.step()
+    assert torch.isfinite(loss)
+    trained_users, _ = model.content()
+    for m in range(len(model.modality_names)):  # still zero once trained: no bias to learn a prior
+        blind = torch.from_numpy(~np.asarray(users[m].norm(dim=1) > 0))
+        assert torch.equal(trained_users[m][blind], torch.zeros(int(blind.sum()), model.latent_dim))
+
+
 def test_constant_sparse_products_backpropagate_as_torch_sparse_mm():
     rng = np.random.default_rng(0)
     matrix = sp.random(30, 20, density=0.2, random_state=rng, dtype=np.float32)

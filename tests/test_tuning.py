@@ -267,3 +267,84 @@ def test_search_space_strings_are_never_run(disagreeing, tmp_path):
     summary = tune("BPR", "dis", space, config_file_list=[str(declared)], config_dict={**disagreeing, "epochs": 1})
     assert not marker.exists()
     assert summary["best"]["params"]["note"].startswith("__import__")
+
+
+def scripted_k_objective(calls, fail_at=None):
+    r"""A deterministic objective over ``n_prototypes`` that counts its calls and can fail once."""
+
+    def objective(config_dict, config_file_list=None):
+        k = config_dict["n_prototypes"]
+        calls.append(k)
+        if fail_at is not None and len(calls) == fail_at:
+            raise KeyboardInterrupt("the session ended")
+        score = 1.0 / (1 + abs(k - 40))
+        return {
+            "model": "CI2MG",
+            "best_valid_score": score,
+            "valid_score_bigger": True,
+            "best_valid_result": {"recall@20": score},
+            "test_result": {"recall@20": score / 2},
+        }
+
+    return objective
+
+
+@pytest.mark.parametrize("algo", ["random", "bayes"])
+def test_an_interrupted_search_resumes_where_it_stopped(tiny, tmp_path, monkeypatch, algo):
+    space = tmp_path / "k.hyper"
+    space.write_text("n_prototypes choice [8, 16, 24, 32, 40, 48, 56, 64]\n")
+    search = dict(config_dict=tiny, algo=algo, max_evals=6, early_stop=100, search_seed=3)
+
+    whole_calls = []
+    monkeypatch.setattr(tuning, "objective_function", scripted_k_objective(whole_calls))
+    whole = tune("CI2MG", "tiny", space, output_file=tmp_path / "whole" / "s.result", **search)
+    order = [trial["params"]["n_prototypes"] for trial in whole["trials"]]
+    assert len(order) == 6 and whole_calls == order
+
+    output = tmp_path / "cut" / "s.result"
+    first_calls = []
+    monkeypatch.setattr(tuning, "objective_function", scripted_k_objective(first_calls, fail_at=4))
+    with pytest.raises(KeyboardInterrupt):
+        tune("CI2MG", "tiny", space, output_file=output, **search)
+    log = tuning.trials_path(output).read_text().splitlines()
+    assert len(log) == 1 + 3  # the search's description, then the three trials that finished
+
+    second_calls = []
+    monkeypatch.setattr(tuning, "objective_function", scripted_k_objective(second_calls))
+    resumed = tune("CI2MG", "tiny", space, output_file=output, **search)
+    assert second_calls == order[3:]  # the recorded trials were not run again
+    assert [trial["params"]["n_prototypes"] for trial in resumed["trials"]] == order
+    best_k = max(order, key=lambda k: 1.0 / (1 + abs(k - 40)))
+    assert resumed["best"]["params"] == whole["best"]["params"] == {"n_prototypes": best_k}
+    assert resumed["best"]["test_result"] == pytest.approx(whole["best"]["test_result"])
+
+    more_calls = []
+    monkeypatch.setattr(tuning, "objective_function", scripted_k_objective(more_calls))
+    extended = tune("CI2MG", "tiny", space, output_file=output, **{**search, "max_evals": 8})
+    longer = [trial["params"]["n_prototypes"] for trial in extended["trials"]]
+    assert len(longer) == 8 and longer[:6] == order
+    assert more_calls == list(dict.fromkeys(k for k in longer[6:] if k not in order))  # a repeat is not rerun
+
+
+def test_a_trials_file_of_another_search_or_a_cut_line_is_refused(tiny, tmp_path, monkeypatch):
+    space = tmp_path / "k.hyper"
+    space.write_text("n_prototypes choice [16, 32]\n")
+    output = tmp_path / "s.result"
+    monkeypatch.setattr(tuning, "objective_function", scripted_k_objective([]))
+    tune("CI2MG", "tiny", space, config_dict=tiny, output_file=output)
+    with pytest.raises(ValueError, match=r"s\.result\.trials\.jsonl records another search.*--output_file"):
+        tune("CI2MG", "tiny", space, config_dict={**tiny, "learning_rate": 0.01}, output_file=output)
+    with pytest.raises(ValueError, match="records another search"):
+        tune("CI2MG", "tiny", space, config_dict=tiny, output_file=output, search_seed=7)
+    path = tuning.trials_path(output)
+    path.write_text(path.read_text() + '{"params": {"n_prot')
+    with pytest.raises(ValueError, match=r"trials\.jsonl, line 4, is not a JSON record"):
+        tune("CI2MG", "tiny", space, config_dict=tiny, output_file=output)
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "properties" / "hyper").glob("*.hyper")), ids=lambda p: p.stem)
+def test_every_shipped_search_space_names_settings_its_model_knows(tiny, path):
+    model = {"VBPR-demo": "VBPR"}.get(path.stem, path.stem)
+    params = read_params_file(path)
+    assert params
+    tuning.check_settings(model, "tiny", list(params), path.name, config_dict=tiny)  # refuses unknown names

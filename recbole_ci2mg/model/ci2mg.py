@@ -110,7 +110,11 @@ class CI2MG(GeneralRecommender):
         self.user_embedding = nn.Embedding(self.n_users, d)  # X^U, Eq. 2
         self.item_embedding = nn.Embedding(self.n_items, d)  # X^V, Eq. 2
         self.content = ContentEncoder(
-            raw_features, observed, d, MeanAggregation(self.interaction_matrix, self.device)
+            raw_features,
+            observed,
+            d,
+            MeanAggregation(self.interaction_matrix, self.device),
+            bias=setting("content_bias"),
         )  # projection + Eq. 1
         if self.use_intra:
             self.hypergraphs = nn.ModuleList(

@@ -11,6 +11,14 @@ and standard deviation and sets every missing row to zero, the observed mean
 read). The projection :math:`W_m` (``d_m -> d``) is needed because
 :math:`d_m \neq d`; the paper is silent on it. A missing row projects to
 :math:`b_m` exactly, so only observed rows are stored and multiplied.
+
+``bias`` decides what a missing row means after the projection. With a bias
+(``True``) it is the learned vector :math:`b_m`, the same for every missing
+item, and a user all of whose items miss the modality has :math:`F^{U,m} =
+b_m`: an unpersonalised item prior in Eq. 13. Without it (``False``) a
+missing row is zero, no evidence, so such a user's modality blocks score 0
+and the completed :math:`Z^m` of Eq. 11 reaches the ranking only through the
+users who hold content.
 """
 
 import torch
@@ -25,16 +33,17 @@ class ContentEncoder(nn.Module):
         observed: list of ``M`` bool tensors ``[N_V]``, the observed masks.
         dim (int): ``d``.
         aggregation: :class:`~recbole_ci2mg.model.layers.graph.MeanAggregation` of the training graph.
+        bias (bool): whether the projections have a bias :math:`b_m` (see the module docstring).
 
     Shapes: ``forward`` returns two lists of ``M`` tensors, ``F^{U,m}`` ``[N_U, d]``
     and ``F^{V,m}`` ``[N_V, d]``.
     """
 
-    def __init__(self, features, observed, dim, aggregation):
+    def __init__(self, features, observed, dim, aggregation, bias=True):
         super().__init__()
         self.n_items, self.dim = features[0].shape[0], dim
         self.aggregation = aggregation
-        self.projections = nn.ModuleList(nn.Linear(f.shape[1], dim) for f in features)
+        self.projections = nn.ModuleList(nn.Linear(f.shape[1], dim, bias=bias) for f in features)
         for m, (raw, seen) in enumerate(zip(features, observed)):
             index = torch.nonzero(seen).squeeze(1)
             self.register_buffer(f"observed_index_{m}", index, persistent=False)  # [n_observed]
@@ -49,9 +58,12 @@ class ContentEncoder(nn.Module):
         return getattr(self, f"observed_features_{m}")
 
     def project(self, m):
-        r""":math:`\bar{F}^{V,m}` ``[N_V, d]``: observed rows projected, missing rows the bias."""
+        r""":math:`\bar{F}^{V,m}` ``[N_V, d]``: observed rows projected, missing rows the bias (or zero)."""
         projection = self.projections[m]
-        out = projection.bias.expand(self.n_items, self.dim)
+        if projection.bias is None:
+            out = projection.weight.new_zeros(self.n_items, self.dim)
+        else:
+            out = projection.bias.expand(self.n_items, self.dim)
         return out.index_put((self.observed_index(m),), projection(self.observed_features(m)))
 
     def forward(self, left_out=None):

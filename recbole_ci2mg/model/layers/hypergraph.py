@@ -90,7 +90,7 @@ class HypergraphConv(nn.Module):
 
     def forward(self, Q, H, edge_weight):
         edge_degree, node_degree = hypergraph_degrees(H, edge_weight)
-        edges = (H.T @ self.theta(Q)) / edge_degree.unsqueeze(1)  # B_e^{-1} H^T Q Θ, [K, d]
+        edges = self.theta(H.T @ Q) / edge_degree.unsqueeze(1)  # B_e^{-1} (H^T Q) Θ, [K, d]: Θ on K rows, not N
         nodes = (H * edge_weight) @ edges / node_degree.unsqueeze(1)  # D_v^{-1} H W_e (.), [N, d]
         return F.leaky_relu(nodes, self.negative_slope)
 

@@ -173,7 +173,8 @@ def sinkhorn_scalings(kernel, max_iter, tol, init=None):
     ``sinkhorn``): :math:`f = a / (K g)`, :math:`g = b / (K^T f)`, and every
     10 iterations, from the first, a stop once the largest per-problem norm
     of the row-marginal error is below ``tol``. Each half-iteration is one
-    batched vector-matrix product (:func:`kernel_times`); POT forms a full
+    batched vector-matrix product (:func:`kernel_times`), and the rule's
+    :math:`K g` is the next iteration's, so checking costs nothing; POT forms a full
     ``[b, n, n']`` temporary for each, and creates its starting scalings on
     the CPU whatever the kernel's device.
 
@@ -186,13 +187,13 @@ def sinkhorn_scalings(kernel, max_iter, tol, init=None):
     """
     _, n, n2 = kernel.shape
     g = kernel.new_ones(kernel.shape[0], n2) if init is None else init
+    kernel_g = kernel_times(kernel, g)
     for iteration in range(max_iter):
-        f = (1.0 / n) / kernel_times(kernel, g)
+        f = (1.0 / n) / kernel_g
         g = (1.0 / n2) / kernel_times(kernel.transpose(1, 2), f)
-        if iteration % 10 == 0:
-            rows = f * kernel_times(kernel, g)
-            if (rows - 1.0 / n).norm(dim=1).max() < tol:
-                break
+        kernel_g = kernel_times(kernel, g)  # the stopping rule's product is the next iteration's
+        if iteration % 10 == 0 and (f * kernel_g - 1.0 / n).norm(dim=1).max() < tol:
+            break
     return f, g
 
 
