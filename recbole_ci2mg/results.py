@@ -123,19 +123,29 @@ def read_records(path):
     if not path.exists():
         return []
     records = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise ResultsFileError(
-                f"{path}, line {number}, is not a JSON record ({error.msg}). Delete that line "
-                f"(a run cut off while writing it); the run will be trained again."
-            ) from None
+    for number, record in json_lines(path, "a run"):
         check_record(record, f"{path}, line {number}")
         records.append(record)
     return records
+
+
+def json_lines(path, what):
+    r"""``(line number, object)`` for every non-blank line of the JSON-lines file ``path``.
+
+    Raises:
+        ResultsFileError: a line is not JSON; the message names the file and line and says
+            that ``what`` (e.g. "a run") it recorded will be run again once the line is deleted.
+    """
+    for number, line in enumerate(Path(path).read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            yield number, json.loads(line)
+        except json.JSONDecodeError as error:
+            raise ResultsFileError(
+                f"{path}, line {number}, is not a JSON record ({error.msg}). Delete that line "
+                f"({what} cut off while writing it); it will be run again."
+            ) from None
 
 
 @contextlib.contextmanager

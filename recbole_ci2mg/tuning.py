@@ -43,7 +43,7 @@ from recbole.utils.utils import dict2str
 
 from recbole_ci2mg.compat import best_trial, check_ray_workers, import_ray_tune, ray_runtime_env
 from recbole_ci2mg.data.masks import check_mask_source
-from recbole_ci2mg.results import locked
+from recbole_ci2mg.results import json_lines, locked
 from recbole_ci2mg.quick_start import PROPERTIES_DIR, build_config, objective_function
 from recbole_ci2mg.settings import config_value, refuse_unknown_keys
 
@@ -190,21 +190,16 @@ class TrialLog:
         self.records = {}
         if not self.path.exists():
             return
-        lines = [line for line in self.path.read_text().splitlines() if line.strip()]
-        for number, line in enumerate(lines, start=1):
-            try:
-                entry = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ValueError(
-                    f"{self.path}, line {number}, is not a JSON record ({error.msg}). Delete that line "
-                    f"(a trial cut off while writing it); that trial will be run again."
-                ) from None
-            if number == 1:
-                if entry.get("search") != self.search:
+        for index, (number, entry) in enumerate(json_lines(self.path, "a trial")):
+            if index == 0:
+                if not isinstance(entry, dict) or entry.get("search") != self.search:
                     raise ValueError(
-                        f"{self.path} records another search ({_canonical(entry.get('search'))}), not this one "
+                        f"{self.path} records another search "
+                        f"({_canonical(entry.get('search') if isinstance(entry, dict) else entry)}), not this one "
                         f"({_canonical(self.search)}). Give another --output_file, or delete the file to start over."
                     )
+            elif not isinstance(entry, dict) or not isinstance(entry.get("params"), dict):
+                raise ValueError(f"{self.path}, line {number}, is not a trial's record (no params); delete that line.")
             else:
                 self.records[_canonical(entry["params"])] = entry
 

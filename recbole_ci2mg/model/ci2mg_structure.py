@@ -9,13 +9,12 @@ whose item-item kNN graphs this model builds from CI²MG's *generated* modalitie
 
 from functools import partial
 
-import numpy as np
 import scipy.sparse as sp
 import torch
 
 from recbole_ci2mg.model.ci2mg import CI2MG
 from recbole_ci2mg.model.layers.graph import ConstantSparse
-from recbole_ci2mg.model.layers.item_graph import knn_neighbours
+from recbole_ci2mg.model.layers.item_graph import similarity_knn_edges, symmetric_normalised
 from recbole_ci2mg.model.settings import require_setting
 
 ITEM_GRAPHS = ("none", "raw", "generated")
@@ -99,17 +98,10 @@ class CI2MGS(CI2MG):
         r"""Build :math:`S` from one ``(features [N_V, d_m], nodes [n'])`` per modality (the nodes' kNN)."""
         k = self.graph_neighbours.shape[2]
         for m, (values, nodes) in enumerate(features):
-            values = values.detach()
-            neighbours = torch.arange(self.n_items, device=values.device).unsqueeze(1).repeat(1, k)  # self-loops
-            weights = torch.zeros(self.n_items, k, device=values.device)
-            weights[:, 0] = 1.0
-            if nodes.numel() > 1:
-                unit = torch.nn.functional.normalize(values[nodes], dim=1)
-                found = knn_neighbours(unit, min(k, nodes.numel())).to(values.device)  # positions in nodes
-                kk = found.shape[1]
-                neighbours[nodes, :kk] = nodes[found]
-                weights[nodes] = 0.0
-                weights[nodes, :kk] = (unit.unsqueeze(1) * unit[found]).sum(dim=2).clamp_min(0.0)
+            members = torch.zeros(self.n_items, dtype=torch.bool, device=values.device)
+            if nodes.numel() > 1:  # a lone node has no neighbour but itself: it keeps its self-loop
+                members[nodes] = True
+            neighbours, weights, _ = similarity_knn_edges(values.detach(), k, members)  # unused slots weigh 0
             self.graph_neighbours[m].copy_(neighbours)
             self.graph_weights[m].copy_(weights)
         self.graph_built.fill_(True)
@@ -118,13 +110,13 @@ class CI2MGS(CI2MG):
     def item_adjacency(self):
         r""":math:`S` as a :class:`ConstantSparse` ``[N_V, N_V]``, built from the buffers on first use."""
         if self._item_adj is None:
+            n, k = self.n_items, self.graph_neighbours.shape[2]
+            rows = torch.arange(n).repeat_interleave(k)
             total = None
-            for neighbours, weights in zip(self.graph_neighbours.cpu().numpy(), self.graph_weights.cpu().numpy()):
-                rows = np.repeat(np.arange(self.n_items), neighbours.shape[1])
-                A = sp.coo_matrix((weights.ravel(), (rows, neighbours.ravel())), shape=(self.n_items,) * 2).tocsr()
-                degree = np.asarray(A.sum(axis=1)).ravel()
-                inv_sqrt = np.where(degree > 0, 1.0 / np.sqrt(np.maximum(degree, 1e-12)), 0.0)
-                normalised = sp.diags(inv_sqrt) @ A @ sp.diags(inv_sqrt)
+            for neighbours, weights in zip(self.graph_neighbours.cpu(), self.graph_weights.cpu()):
+                cols = neighbours.reshape(-1)
+                values = symmetric_normalised(rows, cols, weights.reshape(-1), n)
+                normalised = sp.coo_matrix((values.numpy(), (rows.numpy(), cols.numpy())), shape=(n, n)).tocsr()
                 total = normalised if total is None else total + normalised
             self._item_adj = ConstantSparse(total / self.n_modalities, self.device)
         return self._item_adj

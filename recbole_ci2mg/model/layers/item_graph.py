@@ -134,19 +134,66 @@ def cached_knn_neighbours(features, observed, k, cache_dir=None, name="features"
     return neighbours, path, False
 
 
-def similarity_knn_adj(features, k, nodes=None):
-    r"""LATTICE's normalised kNN graph with cosine weights, over the ``nodes`` only.
+def similarity_knn_edges(features, k, nodes=None):
+    r"""LATTICE's cosine kNN edges over the ``nodes`` only, in a fixed layout of ``k`` slots per row.
 
     .. math::
-        A_{ij} = \max(0, S_{ij}) \;\; \text{for } j \in \mathcal{N}_k(i), \qquad
-        \hat{A} = D^{-1/2} A D^{-1/2}, \;\; D = \operatorname{diag}(A \mathbf{1})
+        A_{ij} = \max(0, S_{ij}) \;\; \text{for } j \in \mathcal{N}_k(i)
 
     where :math:`S` is the cosine similarity and :math:`\mathcal{N}_k(i)` the
     ``k`` most similar rows among ``nodes`` (the row itself included), as
     :func:`knn_neighbours`. A row outside ``nodes`` (e.g. an item whose
-    modality is missing) has one edge, to itself, and is nobody's neighbour;
-    negative similarities are cut at 0 so that every degree is non-negative,
-    and a row of degree 0 (an all-zero feature row) stays empty.
+    modality is missing) has one edge, to itself with weight 1, and is
+    nobody's neighbour; negative similarities are cut at 0. Slots a row does
+    not use (all but the first of an outsider's, and the last ``k - n'`` of
+    every row when fewer than ``k`` rows take part) point to the row itself
+    with weight 0 and are marked unused.
+
+    Args:
+        features: ``[N, d]`` float tensor.
+        k (int): neighbours per row (at least 1).
+        nodes: ``[N]`` bool tensor, the rows that take part; default all.
+
+    Returns:
+        tuple: ``neighbours`` ``[N, k]`` int64, ``weights`` ``[N, k]`` float and ``used``
+        ``[N, k]`` bool, on the features' device.
+    """
+    n = features.shape[0]
+    device = features.device
+    nodes = torch.ones(n, dtype=torch.bool, device=device) if nodes is None else nodes.to(device)
+    members = torch.nonzero(nodes).squeeze(1)  # [n']
+    neighbours = torch.arange(n, device=device).unsqueeze(1).repeat(1, k)  # self-loops
+    weights = torch.zeros(n, k, device=device)
+    used = torch.zeros(n, k, dtype=torch.bool, device=device)
+    weights[~nodes, 0], used[~nodes, 0] = 1.0, True
+    if members.numel():
+        unit = torch.nn.functional.normalize(features.float(), dim=1)[members]
+        found = knn_neighbours(unit, k).to(device)  # [n', k'] in member positions
+        width = found.shape[1]
+        neighbours[members, :width] = members[found]
+        weights[members, :width] = (unit.unsqueeze(1) * unit[found]).sum(dim=2).clamp(min=0.0)
+        used[members, :width] = True
+    return neighbours, weights, used
+
+
+def symmetric_normalised(rows, cols, values, n):
+    r"""Values of :math:`D^{-1/2} A D^{-1/2}` for the entries of ``A`` ``[n, n]``, :math:`D = \operatorname{diag}(A \mathbf{1})`.
+
+    A row of degree 0 (an all-zero feature row) keeps value 0.
+    """
+    degree = torch.zeros(n, device=values.device).index_add_(0, rows, values)
+    inv_sqrt = torch.where(degree > 0, degree.clamp(min=1e-12).rsqrt(), torch.zeros_like(degree))
+    return values * inv_sqrt[rows] * inv_sqrt[cols]
+
+
+def similarity_knn_adj(features, k, nodes=None):
+    r"""LATTICE's normalised kNN graph with cosine weights, over the ``nodes`` only.
+
+    .. math::
+        \hat{A} = D^{-1/2} A D^{-1/2}, \;\; D = \operatorname{diag}(A \mathbf{1})
+
+    with :math:`A` the edges of :func:`similarity_knn_edges` (its unused slots
+    left out).
 
     Args:
         features: ``[N, d]`` float tensor.
@@ -157,21 +204,8 @@ def similarity_knn_adj(features, k, nodes=None):
         torch sparse COO tensor ``[N, N]``, coalesced, on the features' device.
     """
     n = features.shape[0]
-    device = features.device
-    nodes = torch.ones(n, dtype=torch.bool, device=device) if nodes is None else nodes.to(device)
-    members = torch.nonzero(nodes).squeeze(1)  # [n']
-    outsiders = torch.nonzero(~nodes).squeeze(1)
-    rows, cols = outsiders, outsiders
-    values = torch.ones(outsiders.numel(), device=device)
-    if members.numel():
-        unit = torch.nn.functional.normalize(features.float(), dim=1)
-        neighbours = knn_neighbours(unit[members], k).to(device)  # [n', k'] in member positions
-        member_rows = members.repeat_interleave(neighbours.shape[1])
-        member_cols = members[neighbours.reshape(-1)]
-        weights = (unit[member_rows] * unit[member_cols]).sum(dim=1).clamp(min=0.0)
-        rows, cols = torch.cat([member_rows, rows]), torch.cat([member_cols, cols])
-        values = torch.cat([weights, values])
-    degree = torch.zeros(n, device=device).index_add_(0, rows, values)
-    inv_sqrt = torch.where(degree > 0, degree.clamp(min=1e-12).rsqrt(), torch.zeros_like(degree))
-    values = values * inv_sqrt[rows] * inv_sqrt[cols]
+    neighbours, weights, used = similarity_knn_edges(features, min(int(k), n), nodes)
+    rows = torch.arange(n, device=features.device).unsqueeze(1).expand_as(neighbours)[used]
+    cols, values = neighbours[used], weights[used]
+    values = symmetric_normalised(rows, cols, values, n)
     return torch.sparse_coo_tensor(torch.stack([rows, cols]), values, (n, n), check_invariants=True).coalesce()
