@@ -113,3 +113,40 @@ def test_without_content_in_the_score_only_the_id_block_is_scored(settings):
 def test_an_unknown_graph_is_a_clear_error(settings):
     with pytest.raises(ValueError, match="item_graph must be one of"):
         built(settings, item_graph="knn")
+
+
+@pytest.mark.parametrize("item_graph", ["none", "raw"])
+def test_without_content_in_any_score_the_generation_branch_is_not_run(settings, item_graph):
+    from recbole_ci2mg.model.ci2mg import CI2MG
+
+    model, train = built(settings, item_graph=item_graph, score_content=False)
+    assert not model.content_reaches_score and not (model.use_contrastive or model.use_task_guided)
+    batch = next(iter(train))
+    model.train()
+    loss = model.calculate_loss(batch)
+    loss.backward()
+    content = [p for name, p in model.named_parameters() if not name.startswith(("user_embedding", "item_embedding"))]
+    assert content and all(p.grad is None for p in content)  # nothing of the branch ran
+    skipped = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+    # the same BPR and λ3 through the whole of CI2MG's forward pass: the same ID embeddings and gradients
+    model.zero_grad(set_to_none=True)
+    left_out = model.aggregation.without(batch[model.USER_ID], batch[model.ITEM_ID])
+    user_e, item_e, views = CI2MG.forward(model, left_out)
+    assert views["Z"] and user_e.shape[1] == model.latent_dim  # the branch ran, and no score read it
+    u = user_e[batch[model.USER_ID]]
+    whole = model.mf_loss((u * item_e[batch[model.ITEM_ID]]).sum(1), (u * item_e[batch[model.NEG_ITEM_ID]]).sum(1))
+    whole = whole + model.reg_weight * model.reg_loss(
+        model.user_embedding(batch[model.USER_ID]), model.item_embedding(batch[model.ITEM_ID]),
+        model.item_embedding(batch[model.NEG_ITEM_ID]), require_pow=model.require_pow)
+    torch.testing.assert_close(whole, loss)
+    whole.backward()
+    for name, grad in skipped.items():
+        torch.testing.assert_close(dict(model.named_parameters())[name].grad, grad)
+    full, pointwise = both_scores(model)
+    torch.testing.assert_close(full, pointwise)
+
+
+def test_the_generated_graph_keeps_the_generation_branch(settings):
+    model, _ = built(settings, item_graph="generated", score_content=False)
+    assert model.content_reaches_score and model.use_contrastive and model.use_task_guided

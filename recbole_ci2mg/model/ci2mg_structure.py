@@ -55,7 +55,10 @@ class CI2MGS(CI2MG):
       evaluation mode, so no training state is drawn; first when the model
       is built, from the initialised :math:`Z^m`, random projections of the
       aggregated content).
-    - ``score_content``: whether the modality blocks enter Eq. 13.
+    - ``score_content``: whether the modality blocks enter Eq. 13. Off, with
+      ``item_graph`` ``none`` or ``raw``, no score reads the generation
+      branch: it is not run (nor its losses, which would train only itself),
+      and the model is Eq. 2 plus the graph, at LightGCN's cost.
 
     The graph (neighbours and weights) is a buffer of the model, saved in
     checkpoints, so a reloaded model scores with the graph it was validated with.
@@ -75,6 +78,13 @@ class CI2MGS(CI2MG):
             raise ValueError(f"{type(self).__name__}: item_graph must be one of {ITEM_GRAPHS}, got {self.item_graph!r}")
         if self.item_graph_k < 1 or self.item_graph_layers < 1:
             raise ValueError(f"{type(self).__name__}: item_graph_k and item_graph_layers must be at least 1.")
+        if not self.content_reaches_score:
+            self.logger.info(
+                f"{type(self).__name__}: with item_graph {self.item_graph} and score_content False no score reads "
+                f"the generated modalities, so the generation branch and its losses (Eq. 1, 3-12) are not run: "
+                f"the model is Eq. 2 and the item-item graph, trained with BPR and reg_weight only."
+            )
+            self.use_contrastive = self.use_task_guided = False  # their terms train nothing any score reads
         k = min(self.item_graph_k, self.n_items)
         shape = (self.n_modalities, self.n_items, k)
         self.register_buffer("graph_neighbours", torch.zeros(shape, dtype=torch.long))  # [M, N_V, k]
@@ -89,6 +99,11 @@ class CI2MGS(CI2MG):
             self.set_item_graph(features)
         elif self.item_graph == "generated":
             self.rebuild_generated_graph()  # from the initialised model, so a fresh model scores with a graph too
+
+    @property
+    def content_reaches_score(self):
+        """Whether a score reads the generation branch: through Eq. 13's blocks or the generated graph."""
+        return self.score_content or self.item_graph == "generated"
 
     @property
     def score_blocks(self):
@@ -143,6 +158,12 @@ class CI2MGS(CI2MG):
         every_item = torch.arange(1, self.n_items, device=self.device)  # id 0 is RecBole's padding
         self.set_item_graph([(z, every_item) for z in views["Z"]])
         self.restore_user_e, self.restore_item_e = None, None
+
+    def forward(self, left_out=None):
+        if self.content_reaches_score:
+            return super().forward(left_out)
+        user_id, item_id = self.id_embeddings()
+        return user_id, item_id, {}
 
     def id_embeddings(self):
         user_id, item_id = super().id_embeddings()
