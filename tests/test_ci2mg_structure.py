@@ -150,3 +150,21 @@ def test_without_content_in_any_score_the_generation_branch_is_not_run(settings,
 def test_the_generated_graph_keeps_the_generation_branch(settings):
     model, _ = built(settings, item_graph="generated", score_content=False)
     assert model.content_reaches_score and model.use_contrastive and model.use_task_guided
+
+
+def test_without_self_loops_an_item_missing_every_modality_keeps_its_id_embedding(settings):
+    model, _ = built(settings, item_graph="raw", item_graph_missing="none", score_content=False)
+    observed = torch.zeros(model.n_modalities, model.n_items, dtype=torch.bool)
+    for m in range(model.n_modalities):
+        observed[m, model.content.observed_index(m)] = True
+    adjacency = model.item_adjacency().to_coo().to_dense()
+    missing_everywhere = ~observed.any(dim=0)
+    assert missing_everywhere[1:].any() and observed.all(dim=0).any(), "the tiny data lost its mix of items"
+    assert (adjacency[missing_everywhere] == 0).all() and (adjacency[:, missing_everywhere] == 0).all()
+    assert (adjacency[observed.all(dim=0)].sum(dim=1) > 0).all()
+    with torch.no_grad():
+        lightgcn_items = super(type(model), model).id_embeddings()[1]
+        items = model.id_embeddings()[1]
+    torch.testing.assert_close(items[missing_everywhere], lightgcn_items[missing_everywhere])
+    with pytest.raises(ValueError, match="item_graph_missing must be one of"):
+        built(settings, item_graph_missing="loops")

@@ -18,6 +18,7 @@ from recbole_ci2mg.model.layers.item_graph import similarity_knn_edges, symmetri
 from recbole_ci2mg.model.settings import require_setting
 
 ITEM_GRAPHS = ("none", "raw", "generated")
+GRAPH_MISSING = ("self", "none")
 
 
 class CI2MGS(CI2MG):
@@ -55,6 +56,10 @@ class CI2MGS(CI2MG):
       evaluation mode, so no training state is drawn; first when the model
       is built, from the initialised :math:`Z^m`, random projections of the
       aggregated content).
+    - ``item_graph_missing`` (``raw``): an item missing modality ``m`` has a
+      self-loop in :math:`A_m` (``self``), so :math:`S E^V` adds its own
+      embedding again, or an empty row (``none``), so an item missing every
+      modality keeps its Eq. 2 embedding alone.
     - ``score_content``: whether the modality blocks enter Eq. 13. Off, with
       ``item_graph`` ``none`` or ``raw``, no score reads the generation
       branch: it is not run (nor its losses, which would train only itself),
@@ -74,6 +79,10 @@ class CI2MGS(CI2MG):
         self.item_graph = setting("item_graph")
         self.item_graph_k = setting("item_graph_k")
         self.item_graph_layers = setting("item_graph_layers")
+        self.item_graph_missing = setting("item_graph_missing")
+        if self.item_graph_missing not in GRAPH_MISSING:
+            raise ValueError(f"{type(self).__name__}: item_graph_missing must be one of {GRAPH_MISSING}, "
+                             f"got {self.item_graph_missing!r}")
         if self.item_graph not in ITEM_GRAPHS:
             raise ValueError(f"{type(self).__name__}: item_graph must be one of {ITEM_GRAPHS}, got {self.item_graph!r}")
         if self.item_graph_k < 1 or self.item_graph_layers < 1:
@@ -116,7 +125,9 @@ class CI2MGS(CI2MG):
             members = torch.zeros(self.n_items, dtype=torch.bool, device=values.device)
             if nodes.numel() > 1:  # a lone node has no neighbour but itself: it keeps its self-loop
                 members[nodes] = True
-            neighbours, weights, _ = similarity_knn_edges(values.detach(), k, members)  # unused slots weigh 0
+            neighbours, weights, _ = similarity_knn_edges(  # unused slots weigh 0
+                values.detach(), k, members, outsider_loops=self.item_graph_missing == "self" or nodes.numel() <= 1
+            )
             self.graph_neighbours[m].copy_(neighbours)
             self.graph_weights[m].copy_(weights)
         self.graph_built.fill_(True)

@@ -134,7 +134,7 @@ def cached_knn_neighbours(features, observed, k, cache_dir=None, name="features"
     return neighbours, path, False
 
 
-def similarity_knn_edges(features, k, nodes=None):
+def similarity_knn_edges(features, k, nodes=None, outsider_loops=True):
     r"""LATTICE's cosine kNN edges over the ``nodes`` only, in a fixed layout of ``k`` slots per row.
 
     .. math::
@@ -143,8 +143,9 @@ def similarity_knn_edges(features, k, nodes=None):
     where :math:`S` is the cosine similarity and :math:`\mathcal{N}_k(i)` the
     ``k`` most similar rows among ``nodes`` (the row itself included), as
     :func:`knn_neighbours`. A row outside ``nodes`` (e.g. an item whose
-    modality is missing) has one edge, to itself with weight 1, and is
-    nobody's neighbour; negative similarities are cut at 0. Slots a row does
+    modality is missing) has one edge, to itself with weight 1 (none with
+    ``outsider_loops=False``), and is nobody's neighbour; negative
+    similarities are cut at 0. Slots a row does
     not use (all but the first of an outsider's, and the last ``k - n'`` of
     every row when fewer than ``k`` rows take part) point to the row itself
     with weight 0 and are marked unused.
@@ -153,6 +154,7 @@ def similarity_knn_edges(features, k, nodes=None):
         features: ``[N, d]`` float tensor.
         k (int): neighbours per row (at least 1).
         nodes: ``[N]`` bool tensor, the rows that take part; default all.
+        outsider_loops (bool): whether a row outside ``nodes`` keeps its self-loop.
 
     Returns:
         tuple: ``neighbours`` ``[N, k]`` int64, ``weights`` ``[N, k]`` float and ``used``
@@ -165,7 +167,8 @@ def similarity_knn_edges(features, k, nodes=None):
     neighbours = torch.arange(n, device=device).unsqueeze(1).repeat(1, k)  # self-loops
     weights = torch.zeros(n, k, device=device)
     used = torch.zeros(n, k, dtype=torch.bool, device=device)
-    weights[~nodes, 0], used[~nodes, 0] = 1.0, True
+    if outsider_loops:
+        weights[~nodes, 0], used[~nodes, 0] = 1.0, True
     if members.numel():
         unit = torch.nn.functional.normalize(features.float(), dim=1)[members]
         found = knn_neighbours(unit, k).to(device)  # [n', k'] in member positions
