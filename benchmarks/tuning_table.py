@@ -15,6 +15,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's 
 from recbole_ci2mg.compat import best_trial  # noqa: E402
 
 
+COMMON = ("missing_rate", "show_progress")  # fixed for every search of the protocol
+
+
 def read_trials(path):
     lines = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
     return lines[0]["search"], lines[1:]
@@ -35,9 +38,10 @@ def main(folder="benchmarks/results/tuning"):
             continue
         best = best_trial(trials, bigger=True)  # Recall@20: bigger is better
         params = ", ".join(f"{k} {short(v)}" for k, v in sorted(best["params"].items()))
-        print(f"| {search['model']} | {len(trials)} | {100 * best['valid_score']:.2f} | "
+        label = search["model"] + "".join(f", {k} {v}" for k, v in sorted(search["fixed"].items()) if k not in COMMON)
+        print(f"| {label} | {len(trials)} | {100 * best['valid_score']:.2f} | "
               f"{100 * best['test_result']['recall@20']:.2f} | {params} |")
-        every.append((search["model"], trials))
+        every.append((label, trials))
     for model, trials in every:
         print(f"\n{model}, every trial in run order (valid / test Recall@20 %):\n")
         for trial in trials:
