@@ -137,7 +137,7 @@ class CI2MGS(CI2MG):
         r""":math:`S` as a :class:`ConstantSparse` ``[N_V, N_V]``, built from the buffers on first use."""
         if self._item_adj is None:
             n, k = self.n_items, self.graph_neighbours.shape[2]
-            rows = torch.arange(n).repeat_interleave(k)
+            rows = torch.arange(n, device="cpu").repeat_interleave(k)  # built on the CPU for scipy
             total = None
             for neighbours, weights in zip(self.graph_neighbours.cpu(), self.graph_weights.cpu()):
                 cols = neighbours.reshape(-1)
