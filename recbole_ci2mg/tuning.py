@@ -43,8 +43,8 @@ from recbole.utils.utils import dict2str
 
 from recbole_ci2mg.compat import best_trial, check_ray_workers, import_ray_tune, ray_runtime_env
 from recbole_ci2mg.data.masks import check_mask_source
-from recbole_ci2mg.results import json_lines, locked
 from recbole_ci2mg.quick_start import PROPERTIES_DIR, build_config, objective_function
+from recbole_ci2mg.results import json_lines, locked
 from recbole_ci2mg.settings import config_value, refuse_unknown_keys
 
 # parameter type -> (number of comma-separated numbers, example); "choice" takes a list
