@@ -6,20 +6,20 @@ One row per model: trials recorded, the best trial (chosen on validation Recall@
 search chooses it) with its parameters and its test Recall@20 at the same epoch. Then every trial.
 """
 
-import json
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's recbole_ci2mg
 
 from recbole_ci2mg.compat import best_trial  # noqa: E402
+from recbole_ci2mg.results import json_lines  # noqa: E402
 
 
 COMMON = ("missing_rate", "show_progress")  # fixed for every search of the protocol
 
 
 def read_trials(path):
-    lines = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    lines = [entry for _, entry in json_lines(path, "a trial")]
     return lines[0]["search"], lines[1:]
 
 

@@ -94,6 +94,7 @@ class CI2MGS(CI2MG):
                 f"the model is Eq. 2 and the item-item graph, trained with BPR and reg_weight only."
             )
             self.use_contrastive = self.use_task_guided = False  # their terms train nothing any score reads
+            self.leave_batch_edges_out = False  # Eq. 1 is not run: no per-batch left-out edges to build
         k = min(self.item_graph_k, self.n_items)
         shape = (self.n_modalities, self.n_items, k)
         self.register_buffer("graph_neighbours", torch.zeros(shape, dtype=torch.long))  # [M, N_V, k]
