@@ -12,6 +12,7 @@ from recbole.evaluator.base_metric import TopkMetric
 from recbole.utils import get_trainer as recbole_get_trainer
 
 from recbole_ci2mg.compat import PlainCheckpointMixin
+from recbole_ci2mg.registry import get_model
 
 
 class EpochStatsMixin:
@@ -221,8 +222,11 @@ def get_trainer(model_type, model_name):
     r"""RecBole's trainer for ``model_name`` with this package's mixins.
 
     RecBole picks ``<model_name>Trainer`` when it exists (``NCLTrainer`` for
-    NCL) and otherwise falls back on the model type; that choice is kept.
+    NCL) and otherwise falls back on the model type; that choice is kept. A
+    plugin model trained by another model's RecBole trainer names that model
+    in its class attribute ``recbole_trainer`` (CI2MG-S: ``"NCL"``).
     """
+    model_name = getattr(get_model(model_name), "recbole_trainer", model_name)
     trainer_class = recbole_get_trainer(model_type, model_name)
     mixins = (EpochStatsMixin, PerUserScoresMixin, PlainCheckpointMixin)
     return type(trainer_class.__name__, (*mixins, trainer_class), {})

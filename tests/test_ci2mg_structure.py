@@ -168,3 +168,81 @@ def test_without_self_loops_an_item_missing_every_modality_keeps_its_id_embeddin
     torch.testing.assert_close(items[missing_everywhere], lightgcn_items[missing_everywhere])
     with pytest.raises(ValueError, match="item_graph_missing must be one of"):
         built(settings, item_graph_missing="loops")
+
+
+def test_the_id_contrast_is_ncls_losses_on_the_same_embeddings(settings):
+    ncl_settings = {"ssl_temp": 0.2, "ssl_reg": 1e-3, "proto_reg": 1e-2, "num_clusters": 4, "n_layers": 2}
+    model, train = built(settings, item_graph="none", score_content=False, id_contrast=True, ssl_alpha=0.5,
+                         ssl_hyper_layers=1, **ncl_settings)
+    config = build_config("NCL", "tiny", config_dict={"missing_rate": 0.5, **settings, **ncl_settings, "alpha": 0.5,
+                                                       "hyper_layers": 1})
+    ncl = get_model("NCL")(config, train._dataset)
+    ncl.load_state_dict({"user_embedding.weight": model.user_embedding.weight.detach(),
+                         "item_embedding.weight": model.item_embedding.weight.detach()})
+    model.e_step()
+    assert model.user_centroids.shape == (4, model.latent_dim) and model.item_2cluster.shape == (model.n_items,)
+    for name in ("user_centroids", "user_2cluster", "item_centroids", "item_2cluster"):
+        setattr(ncl, name, getattr(model, name))
+    batch = next(iter(train))
+    model.train()
+    ncl.train()
+    ours = model.calculate_loss(batch)
+    theirs = ncl.calculate_loss(batch)
+    assert len(ours) == 3
+    for a, b in zip(ours, theirs):  # NCL adds 1e-7 to each degree before normalising: not bit-equal
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    assert ours[1] > 0 and ours[2] > 0
+    sum(ours).backward()
+    assert model.user_embedding.weight.grad.abs().sum() > 0
+    full, pointwise = both_scores(model)
+    torch.testing.assert_close(full, pointwise)
+
+
+def test_the_id_contrast_trains_with_ncls_trainer(settings, tmp_path):
+    from recbole.trainer import NCLTrainer
+
+    from recbole_ci2mg.trainer import get_trainer
+
+    model, train = built(settings, item_graph="raw", score_content=False, id_contrast=True, num_clusters=3,
+                         warm_up_step=1, epochs=2, checkpoint_dir=str(tmp_path))
+    config = train.config
+    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
+    assert isinstance(trainer, NCLTrainer)
+    assert model.user_centroids is None
+    trainer.fit(train, valid_data=None, saved=False)
+    assert model.user_centroids.shape[0] == 3 and len(trainer.train_loss_dict) == 2
+    with pytest.raises(ValueError, match="num_clusters"):
+        built(settings, id_contrast=True, num_clusters=10_000)
+
+
+def test_without_the_id_contrast_the_loss_is_one_term(settings):
+    model, train = built(settings, id_contrast=False)
+    model.train()
+    model.e_step()  # NCLTrainer calls it every epoch: nothing to cluster
+    assert torch.is_tensor(model.calculate_loss(next(iter(train))))
+    assert not hasattr(model, "user_centroids")
+
+
+def test_an_unseen_item_is_its_graph_neighbours_alone(tmp_path):
+    from recbole_ci2mg.model.ci2mg import CI2MG
+
+    splits, clusters = planted_interactions()
+    unseen = sorted({i for _, i in splits["valid"]})[:2]  # no training interaction: valid (or test) ones only
+    splits["train"] = [(u, i) for u, i in splits["train"] if i not in unseen]
+    v = np.eye(4, dtype=np.float32)[clusters] + 0.01 * np.random.default_rng(1).standard_normal((40, 4)).astype(np.float32)
+    settings = write_benchmark(tmp_path / "data", "tiny", splits, {"v": (v, None)})
+    own, train = built(settings, item_graph="raw", score_content=False, missing_rate=0.0)
+    graph, _ = built(settings, item_graph="raw", score_content=False, missing_rate=0.0, unseen_items="graph")
+    ids = torch.as_tensor(train._dataset.token2id("item_id", [str(i) for i in unseen]))
+    assert not graph.seen_items[ids].any() and graph.seen_items[1:].sum() == graph.n_items - 1 - len(unseen)
+    items = graph.id_embeddings()[1]
+    adjacency = graph.item_adjacency().to_coo().to_dense()
+    seen_weights = graph.item_embedding.weight * graph.seen_items
+    torch.testing.assert_close(items[ids], (adjacency @ seen_weights)[ids])  # nothing of its own
+    assert (adjacency[ids][:, ids] > 0).any(), "the unseen items lost their self-loops: the test would pass trivially"
+    items.sum().backward()
+    assert (graph.item_embedding.weight.grad[ids] == 0).all()  # no score reads an unseen item's own embedding
+    lightgcn = CI2MG.id_embeddings(own)[1].detach()  # seen items: Eq. 2 plus the graph over seen neighbours
+    torch.testing.assert_close(items.detach(), lightgcn * graph.seen_items + (adjacency @ seen_weights).detach())
+    with pytest.raises(ValueError, match="unseen_items graph"):
+        built(settings, item_graph="none", unseen_items="graph")

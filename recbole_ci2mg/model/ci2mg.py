@@ -24,7 +24,7 @@ from recbole_ci2mg.data import require_modalities
 from recbole_ci2mg.model.layers.augment import info_nce
 from recbole_ci2mg.model.layers.content import ContentEncoder
 from recbole_ci2mg.model.layers.fusion import TaskGuidedFusion
-from recbole_ci2mg.model.layers.graph import ConstantSparse, MeanAggregation, lightgcn_propagate, normalised_adjacency
+from recbole_ci2mg.model.layers.graph import ConstantSparse, MeanAggregation, lightgcn_layers, normalised_adjacency
 from recbole_ci2mg.model.layers.hypergraph import PrototypeHypergraph
 from recbole_ci2mg.model.layers.transport import InterModalityTransport
 from recbole_ci2mg.model.settings import require_setting
@@ -203,10 +203,16 @@ class CI2MG(GeneralRecommender):
         user_e, item_e = self.scoring_embeddings(user_id, item_id, user_views, Z)  # Eq. 13
         return user_e, item_e, {"Q": Q, "Q_hat": Q_hat, "Z": Z}
 
+    def id_layers(self, n_layers=None):
+        r"""Eq. 2's LightGCN layers ``0..n_layers`` (default ``n_layers`` of the config) over the
+        training graph, a list of ``[N_U + N_V, d]``, users first."""
+        ego = torch.cat([self.user_embedding.weight, self.item_embedding.weight])
+        return lightgcn_layers(self.norm_adj_matrix, ego, self.n_layers if n_layers is None else n_layers)
+
     def id_embeddings(self):
         r"""Eq. 2: LightGCN over the training graph, ``X^U`` ``[N_U, d]`` and ``X^V`` ``[N_V, d]``."""
-        ego = torch.cat([self.user_embedding.weight, self.item_embedding.weight])
-        return torch.split(lightgcn_propagate(self.norm_adj_matrix, ego, self.n_layers), [self.n_users, self.n_items])
+        layers = self.id_layers()[: self.n_layers + 1]
+        return torch.split(torch.stack(layers, dim=1).mean(dim=1), [self.n_users, self.n_items])
 
     def scoring_embeddings(self, user_id, item_id, user_views, Z):
         r"""Eq. 13: :math:`\hat{X}^U = [X^U \| F^{U,1} \| \dots]`, :math:`\hat{X}^V = [X^V \| Z^1 \| \dots]`."""

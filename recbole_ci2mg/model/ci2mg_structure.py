@@ -11,6 +11,7 @@ from functools import partial
 
 import scipy.sparse as sp
 import torch
+from recbole.model.general_recommender.ncl import NCL
 
 from recbole_ci2mg.model.ci2mg import CI2MG
 from recbole_ci2mg.model.layers.graph import ConstantSparse
@@ -19,6 +20,7 @@ from recbole_ci2mg.model.settings import require_setting
 
 ITEM_GRAPHS = ("none", "raw", "generated")
 GRAPH_MISSING = ("self", "none")
+UNSEEN_ITEMS = ("own", "graph")
 
 
 class CI2MGS(CI2MG):
@@ -60,10 +62,25 @@ class CI2MGS(CI2MG):
       self-loop in :math:`A_m` (``self``), so :math:`S E^V` adds its own
       embedding again, or an empty row (``none``), so an item missing every
       modality keeps its Eq. 2 embedding alone.
+    - ``unseen_items``: an item without training interactions keeps its own
+      Eq. 2 embedding beside :math:`S E^V` (``own``), or is its graph
+      neighbours' embeddings alone (``graph``): its own ID embedding was
+      trained only as a BPR negative, so it carries no evidence for any
+      user, and with ``graph`` it enters :math:`S E^V` nowhere either.
     - ``score_content``: whether the modality blocks enter Eq. 13. Off, with
       ``item_graph`` ``none`` or ``raw``, no score reads the generation
       branch: it is not run (nor its losses, which would train only itself),
       and the model is Eq. 2 plus the graph, at LightGCN's cost.
+    - ``id_contrast``: NCL's two contrastive losses on Eq. 2's ID embeddings
+      (Lin et al., WWW '22, a stronger ID objective than BPR alone): the
+      structure-contrastive one between a node's layer-0 and layer
+      ``2 ssl_hyper_layers`` embeddings (its Eq. 7-9), and the prototype-
+      contrastive one between a node's layer-0 embedding and its k-means
+      centroid (Eq. 11-13), computed by RecBole's own ``NCL`` methods, with
+      RecBole's ``NCLTrainer`` running the E-step (k-means) every ``m_step``
+      epochs and leaving the prototype term out for the first ``warm_up_step``.
+      With ``item_graph`` ``none`` and ``score_content`` off the model is NCL
+      with Eq. 2's ``n_layers``.
 
     The graph (neighbours and weights) is a buffer of the model, saved in
     checkpoints, so a reloaded model scores with the graph it was validated with.
@@ -71,6 +88,11 @@ class CI2MGS(CI2MG):
     """
 
     properties_from = ("CI2MG",)
+    recbole_trainer = "NCL"  # RecBole's NCLTrainer: the E-step of id_contrast (a no-op without it)
+    # id_contrast: RecBole's NCL methods, which read only attributes set in __init__
+    run_kmeans = NCL.run_kmeans
+    ssl_layer_loss = NCL.ssl_layer_loss
+    ProtoNCE_loss = NCL.ProtoNCE_loss
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
@@ -83,6 +105,16 @@ class CI2MGS(CI2MG):
         if self.item_graph_missing not in GRAPH_MISSING:
             raise ValueError(f"{type(self).__name__}: item_graph_missing must be one of {GRAPH_MISSING}, "
                              f"got {self.item_graph_missing!r}")
+        self.unseen_items = setting("unseen_items")
+        if self.unseen_items not in UNSEEN_ITEMS:
+            raise ValueError(f"{type(self).__name__}: unseen_items must be one of {UNSEEN_ITEMS}, got {self.unseen_items!r}")
+        if self.unseen_items == "graph" and self.item_graph == "none":
+            raise ValueError(f"{type(self).__name__}: unseen_items graph takes an unseen item's embedding from the "
+                             f"item-item graph, and item_graph is none: set item_graph raw or generated, or "
+                             f"unseen_items own.")
+        seen = torch.zeros(self.n_items, dtype=torch.bool)
+        seen[torch.as_tensor(self.interaction_matrix.col, dtype=torch.long)] = True
+        self.register_buffer("seen_items", seen.unsqueeze(1), persistent=False)  # [N_V, 1], from the training graph
         if self.item_graph not in ITEM_GRAPHS:
             raise ValueError(f"{type(self).__name__}: item_graph must be one of {ITEM_GRAPHS}, got {self.item_graph!r}")
         if self.item_graph_k < 1 or self.item_graph_layers < 1:
@@ -95,6 +127,20 @@ class CI2MGS(CI2MG):
             )
             self.use_contrastive = self.use_task_guided = False  # their terms train nothing any score reads
             self.leave_batch_edges_out = False  # Eq. 1 is not run: no per-batch left-out edges to build
+        self.id_contrast = setting("id_contrast")
+        if self.id_contrast:  # the attribute names RecBole's NCL methods read
+            self.ssl_temp, self.ssl_reg, self.alpha = setting("ssl_temp"), setting("ssl_reg"), setting("ssl_alpha")
+            self.proto_reg, self.k = setting("proto_reg"), setting("num_clusters")
+            self.ssl_hyper_layers = setting("ssl_hyper_layers")
+            if self.ssl_hyper_layers < 1:
+                raise ValueError(f"{type(self).__name__}: ssl_hyper_layers must be at least 1.")
+            if not 1 <= self.k <= min(self.n_users, self.n_items):
+                raise ValueError(
+                    f"{type(self).__name__}: num_clusters ({self.k}) must be between 1 and the number of users "
+                    f"({self.n_users}) and of items ({self.n_items}) of this dataset: set --num_clusters lower."
+                )
+            self.user_centroids = self.user_2cluster = self.item_centroids = self.item_2cluster = None
+            self._contrast_layers = None
         k = min(self.item_graph_k, self.n_items)
         shape = (self.n_modalities, self.n_items, k)
         self.register_buffer("graph_neighbours", torch.zeros(shape, dtype=torch.long))  # [M, N_V, k]
@@ -177,11 +223,40 @@ class CI2MGS(CI2MG):
         user_id, item_id = self.id_embeddings()
         return user_id, item_id, {}
 
+    def id_layers(self, n_layers=None):
+        if not self.id_contrast:
+            return super().id_layers(n_layers)
+        context = 2 * self.ssl_hyper_layers
+        layers = super().id_layers(max(self.n_layers if n_layers is None else n_layers, context))
+        if self.training:  # read by this step's calculate_loss
+            self._contrast_layers = layers[0], layers[context]
+        return layers
+
+    def e_step(self):
+        """NCL's E-step: k-means of the layer-0 user and item embeddings (called by NCLTrainer)."""
+        if self.id_contrast:
+            NCL.e_step(self)
+
+    def calculate_loss(self, interaction):
+        loss = super().calculate_loss(interaction)
+        if not self.id_contrast:
+            return loss
+        center, context = self._contrast_layers
+        self._contrast_layers = None
+        if self.user_centroids is None:  # NCLTrainer runs the first E-step before the first epoch
+            self.e_step()
+        user, pos_item = interaction[self.USER_ID], interaction[self.ITEM_ID]
+        structure = self.ssl_layer_loss(context, center, user, pos_item)  # NCL's Eq. 9
+        prototype = self.ProtoNCE_loss(center, user, pos_item)  # NCL's Eq. 13
+        return loss, structure, prototype  # NCLTrainer drops the last one for the first warm_up_step epochs
+
     def id_embeddings(self):
         user_id, item_id = super().id_embeddings()
         if self.item_graph == "none" or not bool(self.graph_built):
             return user_id, item_id
         propagated = self.item_embedding.weight
+        if self.unseen_items == "graph":  # an unseen item's own ID embedding is left out everywhere
+            propagated, item_id = propagated * self.seen_items, item_id * self.seen_items
         adjacency = self.item_adjacency()
         for _ in range(self.item_graph_layers):
             propagated = adjacency @ propagated

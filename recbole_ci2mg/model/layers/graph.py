@@ -253,6 +253,18 @@ def _mean(sums, degree):
     return torch.where((degree > 0).unsqueeze(1), sums / degree.clamp_min(1).unsqueeze(1), 0.0)
 
 
+def lightgcn_layers(norm_adj, embeddings, n_layers):
+    r"""The LightGCN layers :math:`\hat{A}^l E` for :math:`l = 0..L`, a list of ``L + 1`` ``[n_nodes, d]``.
+
+    Args: as :func:`lightgcn_propagate`.
+    """
+    layers = [embeddings]
+    for _ in range(n_layers):
+        embeddings = norm_adj @ embeddings
+        layers.append(embeddings)
+    return layers
+
+
 def lightgcn_propagate(norm_adj, embeddings, n_layers):
     r"""LightGCN propagation: the mean of :math:`\hat{A}^l E` for :math:`l = 0..L`.
 
@@ -265,8 +277,4 @@ def lightgcn_propagate(norm_adj, embeddings, n_layers):
     Returns:
         ``[n_nodes, d]``.
     """
-    layers = [embeddings]
-    for _ in range(n_layers):
-        embeddings = norm_adj @ embeddings
-        layers.append(embeddings)
-    return torch.stack(layers, dim=1).mean(dim=1)
+    return torch.stack(lightgcn_layers(norm_adj, embeddings, n_layers), dim=1).mean(dim=1)
