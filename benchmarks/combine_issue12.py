@@ -5,7 +5,7 @@ ID-only models' records. ID-only models read no content, so their runs at 90 % m
 their 0 % runs (SimGCL was run at both and gives identical numbers, BENCHMARKS.md, issue 13):
 their records are copied with ``missing_rate`` 0.0 and ``id_only_from_rate`` 0.9 added, so that
 they sit in the same table section. Run from anywhere: ``python benchmarks/combine_issue12.py``,
-then ``python -m recbole_ci2mg.compare --table-only --results=<file>``.
+then ``python -m recbole_ci2mg.compare --table-only --results=<file>`` for each file written.
 """
 import json
 from pathlib import Path
@@ -30,10 +30,16 @@ def write(name, records):
     print(f"wrote {R / name}: {len(records)} records")
 
 
-records = read("tiktok_missing0.0_ci2mgs.jsonl") + read("tiktok_missing0.0_idcontrast.jsonl")
-records += read("tiktok_missing0.0_issue13_all.jsonl", lambda r: r["model"] in {"FREEDOM", "LightGCN-M", "DGMRec"})
-records += read("tiktok_missing0.0_recweight.jsonl", lambda r: r["overrides"].get("rec_weight") == 0.01)
+others = read("tiktok_missing0.0_issue13_all.jsonl", lambda r: r["model"] in {"FREEDOM", "LightGCN-M", "DGMRec"})
+others += read("tiktok_missing0.0_recweight.jsonl", lambda r: r["overrides"].get("rec_weight") == 0.01)
 id_only = read("tiktok_missing0.9_issue13_all.jsonl", lambda r: r["model"] in ID_ONLY)
 id_only += read("tiktok_missing0.9_tuned.jsonl", lambda r: r["model"] == "LightGCN")
-records += [as_rate_zero(r) for r in id_only]
-write("tiktok_missing0.0_issue12.jsonl", records)
+others += [as_rate_zero(r) for r in id_only]
+# the first row is each table's Wilcoxon reference: CI2MG-S with NCL's objective, then at its defaults
+write("tiktok_missing0.0_issue12.jsonl", read("tiktok_missing0.0_idcontrast.jsonl") + read("tiktok_missing0.0_ci2mgs.jsonl") + others)
+write("tiktok_missing0.0_issue12_defaults.jsonl", read("tiktok_missing0.0_ci2mgs.jsonl") + others)
+
+# TikTok missing-rate sweep, seed 2020: CI2MG-S at its defaults beside the issue-13 sweep
+sweep = read("tiktok_missing0.0_ci2mgs.jsonl", lambda r: r["seed"] == 2020) + read("tiktok_sweep_issue12.jsonl")
+sweep += read("tiktok_sweep_issue13_all.jsonl", lambda r: r["model"] in {"FREEDOM", "LightGCN-M", "CI2MG"})
+write("tiktok_sweep_issue12_all.jsonl", sorted(sweep, key=lambda r: r["missing_rate"]))
