@@ -112,9 +112,8 @@ class CI2MGS(CI2MG):
             raise ValueError(f"{type(self).__name__}: unseen_items graph takes an unseen item's embedding from the "
                              f"item-item graph, and item_graph is none: set item_graph raw or generated, or "
                              f"unseen_items own.")
-        seen = torch.zeros(self.n_items, dtype=torch.bool)
-        seen[torch.as_tensor(self.interaction_matrix.col, dtype=torch.long)] = True
-        self.register_buffer("seen_items", seen.unsqueeze(1), persistent=False)  # [N_V, 1], from the training graph
+        # [N_V, 1]: the items with training interactions (the dataset's cold_items are the others)
+        self.register_buffer("seen_items", ~dataset.cold_items.unsqueeze(1), persistent=False)
         if self.item_graph not in ITEM_GRAPHS:
             raise ValueError(f"{type(self).__name__}: item_graph must be one of {ITEM_GRAPHS}, got {self.item_graph!r}")
         if self.item_graph_k < 1 or self.item_graph_layers < 1:
