@@ -117,6 +117,45 @@ class PlainCheckpointMixin:
             self.logger.info(f"Saving current: {saved_model_file}")
 
 
+class PrototypeEStepMixin:
+    r"""NCL's training schedule on RecBole's general ``Trainer``, in place of its ``NCLTrainer``.
+
+    RecBole's ``NCLTrainer.fit`` is a copy of an older ``Trainer.fit`` with the
+    E-step added: it never hands the model to a dynamic negative sampler, so
+    ``train_neg_sample_args`` with ``dynamic: True`` fails at the first batch
+    (``'NoneType' object has no attribute 'eval'``), it logs nothing to wandb,
+    and ``m_step: 0`` is a bare ``ZeroDivisionError``. This mixin keeps ``Trainer.fit`` and adds NCL's
+    two steps around each epoch, as ``NCLTrainer`` places them:
+
+    - every ``m_step`` epochs, from epoch 0, ``model.e_step()`` before the
+      epoch (outside its ``train_epoch_seconds``, as ``NCLTrainer`` times it);
+    - for the first ``warm_up_step`` epochs, the last term of a tuple loss
+      (NCL's prototype loss) is left out.
+    """
+
+    def __init__(self, config, model):
+        super().__init__(config, model)
+        for key in ("m_step", "warm_up_step"):
+            value = config[key]
+            if not isinstance(value, int) or isinstance(value, bool) or value < (1 if key == "m_step" else 0):
+                raise ValueError(
+                    f"{type(model).__name__} trains with NCL's E-step schedule, which needs {key} as an integer "
+                    f"(m_step at least 1, warm_up_step at least 0), got {value!r}: set --{key} in the model's YAML "
+                    f"or on the command line."
+                )
+        self.num_m_step, self.warm_up_step = config["m_step"], config["warm_up_step"]
+
+    def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
+        if epoch_idx % self.num_m_step == 0:
+            self.logger.info("Running E-step ! ")
+            self.model.e_step()
+        if loss_func is None and epoch_idx < self.warm_up_step:
+            def loss_func(interaction):
+                losses = self.model.calculate_loss(interaction)
+                return losses[:-1] if isinstance(losses, tuple) else losses
+        return super()._train_epoch(train_data, epoch_idx, loss_func=loss_func, show_progress=show_progress)
+
+
 def load_checkpoint(model_file, allow_unsafe_pickle=False):
     r"""Read a checkpoint written by this package, or, on request, a legacy RecBole one.
 

@@ -9,9 +9,10 @@ import torch
 from recbole.data.dataloader import FullSortEvalDataLoader
 from recbole.evaluator import Evaluator
 from recbole.evaluator.base_metric import TopkMetric
+from recbole.trainer import NCLTrainer, Trainer
 from recbole.utils import get_trainer as recbole_get_trainer
 
-from recbole_ci2mg.compat import PlainCheckpointMixin
+from recbole_ci2mg.compat import PlainCheckpointMixin, PrototypeEStepMixin
 from recbole_ci2mg.registry import get_model
 
 
@@ -222,11 +223,16 @@ def get_trainer(model_type, model_name):
     r"""RecBole's trainer for ``model_name`` with this package's mixins.
 
     RecBole picks ``<model_name>Trainer`` when it exists (``NCLTrainer`` for
-    NCL) and otherwise falls back on the model type; that choice is kept. A
-    plugin model trained by another model's RecBole trainer names that model
-    in its class attribute ``recbole_trainer`` (CI2MG-S: ``"NCL"``).
+    NCL) and otherwise falls back on the model type; that choice is kept,
+    except that ``NCLTrainer`` becomes RecBole's ``Trainer`` with NCL's E-step
+    schedule (:class:`~recbole_ci2mg.compat.PrototypeEStepMixin`), since its
+    own ``fit`` never hands the model to a dynamic negative sampler. A plugin
+    model trained by another model's RecBole trainer names that model in its
+    class attribute ``recbole_trainer`` (CI2MG-S: ``"NCL"``).
     """
     model_name = getattr(get_model(model_name), "recbole_trainer", model_name)
     trainer_class = recbole_get_trainer(model_type, model_name)
     mixins = (EpochStatsMixin, PerUserScoresMixin, PlainCheckpointMixin)
+    if issubclass(trainer_class, NCLTrainer):
+        trainer_class, mixins = Trainer, (PrototypeEStepMixin, *mixins)
     return type(trainer_class.__name__, (*mixins, trainer_class), {})

@@ -198,21 +198,69 @@ def test_the_id_contrast_is_ncls_losses_on_the_same_embeddings(settings):
     torch.testing.assert_close(full, pointwise)
 
 
-def test_the_id_contrast_trains_with_ncls_trainer(settings, tmp_path):
-    from recbole.trainer import NCLTrainer
+def test_the_id_contrast_trains_with_ncls_schedule_on_recboles_trainer(settings, tmp_path):
+    from recbole.trainer import NCLTrainer, Trainer
 
+    from recbole_ci2mg.compat import PrototypeEStepMixin
     from recbole_ci2mg.trainer import get_trainer
 
     model, train = built(settings, item_graph="raw", score_content=False, id_contrast=True, num_clusters=3,
                          warm_up_step=1, epochs=2, checkpoint_dir=str(tmp_path))
     config = train.config
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
-    assert isinstance(trainer, NCLTrainer)
+    assert isinstance(trainer, (PrototypeEStepMixin, Trainer)) and not isinstance(trainer, NCLTrainer)
     assert model.user_centroids is None
     trainer.fit(train, valid_data=None, saved=False)
     assert model.user_centroids.shape[0] == 3 and len(trainer.train_loss_dict) == 2
+    warm_up, after = trainer._train_epoch(train, 0), trainer._train_epoch(train, 1)  # per-term loss totals
+    assert len(warm_up) == 2 and len(after) == 3  # the first warm_up_step epochs leave the prototype term out
     with pytest.raises(ValueError, match="num_clusters"):
         built(settings, id_contrast=True, num_clusters=10_000)
+
+
+def fitted(settings, tmp_path, trainer_class=None, model="NCL", **overrides):
+    from recbole_ci2mg.trainer import get_trainer
+
+    ours = {"n_prototypes": 4, "ot_block_size": 16, "missing_rate": 0.5, "id_contrast": True} if model != "NCL" else {}
+    config = build_config(model, "tiny", config_dict={
+        "num_clusters": 3, "warm_up_step": 1, "m_step": 1, "epochs": 3, "checkpoint_dir": str(tmp_path),
+        **ours, **settings, **overrides})
+    train, _, _ = data_preparation(config, create_dataset(config))
+    init_seed(config["seed"], config["reproducibility"])
+    built_model = get_model(model)(config, train._dataset)
+    trainer_class = trainer_class or get_trainer(config["MODEL_TYPE"], config["model"])
+    trainer = trainer_class(config, built_model)
+    init_seed(config["seed"], config["reproducibility"])
+    trainer.fit(train, valid_data=None, saved=False)
+    return trainer, train
+
+
+def test_ncl_trains_as_under_recboles_ncltrainer(settings, tmp_path):
+    from recbole.trainer import NCLTrainer
+
+    from recbole_ci2mg.compat import PlainCheckpointMixin
+    from recbole_ci2mg.trainer import EpochStatsMixin, PerUserScoresMixin
+
+    recboles = type("NCLTrainer", (EpochStatsMixin, PerUserScoresMixin, PlainCheckpointMixin, NCLTrainer), {})
+    ours, _ = fitted(settings, tmp_path)
+    theirs, _ = fitted(settings, tmp_path, recboles)
+    assert not isinstance(ours, NCLTrainer)
+    assert ours.train_loss_dict == theirs.train_loss_dict  # same E-steps, same warm-up, same steps
+    for name, value in theirs.model.state_dict().items():
+        torch.testing.assert_close(ours.model.state_dict()[name], value, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("model", ["NCL", "CI2MG-S"])
+def test_dynamic_negative_sampling_reaches_ncls_schedule(settings, tmp_path, model):
+    dynamic = {"distribution": "uniform", "sample_num": 1, "alpha": 1.0, "dynamic": True, "candidate_num": 2}
+    trainer, train = fitted(settings, tmp_path, model=model, train_neg_sample_args=dynamic)
+    assert train.model is trainer.model  # RecBole's NCLTrainer.fit never hands it over
+    assert len(trainer.train_loss_dict) == 3
+
+
+def test_ncls_schedule_names_a_bad_setting(settings, tmp_path):
+    with pytest.raises(ValueError, match="m_step"):
+        fitted(settings, tmp_path, m_step=0)
 
 
 def test_without_the_id_contrast_the_loss_is_one_term(settings):

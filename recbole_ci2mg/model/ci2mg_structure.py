@@ -77,8 +77,10 @@ class CI2MGS(CI2MG):
       ``2 ssl_hyper_layers`` embeddings (its Eq. 7-9), and the prototype-
       contrastive one between a node's layer-0 embedding and its k-means
       centroid (Eq. 11-13), computed by RecBole's own ``NCL`` methods, with
-      RecBole's ``NCLTrainer`` running the E-step (k-means) every ``m_step``
-      epochs and leaving the prototype term out for the first ``warm_up_step``.
+      NCL's trainer schedule (``NCLTrainer``'s, on RecBole's ``Trainer``:
+      :class:`~recbole_ci2mg.compat.PrototypeEStepMixin`) running the E-step
+      (k-means) every ``m_step`` epochs and leaving the prototype term out for
+      the first ``warm_up_step``.
       With ``item_graph`` ``none`` and ``score_content`` off the model is NCL
       with Eq. 2's ``n_layers``.
 
@@ -88,7 +90,7 @@ class CI2MGS(CI2MG):
     """
 
     properties_from = ("CI2MG",)
-    recbole_trainer = "NCL"  # RecBole's NCLTrainer: the E-step of id_contrast (a no-op without it)
+    recbole_trainer = "NCL"  # NCL's E-step schedule (trainer.get_trainer): the k-means of id_contrast, a no-op without it
     # id_contrast: RecBole's NCL methods, which read only attributes set in __init__
     run_kmeans = NCL.run_kmeans
     ssl_layer_loss = NCL.ssl_layer_loss
@@ -232,7 +234,7 @@ class CI2MGS(CI2MG):
         return layers
 
     def e_step(self):
-        """NCL's E-step: k-means of the layer-0 user and item embeddings (called by NCLTrainer)."""
+        """NCL's E-step: k-means of the layer-0 user and item embeddings (called by the trainer every m_step epochs)."""
         if self.id_contrast:
             NCL.e_step(self)
 
@@ -242,12 +244,12 @@ class CI2MGS(CI2MG):
             return loss
         center, context = self._contrast_layers
         self._contrast_layers = None
-        if self.user_centroids is None:  # NCLTrainer runs the first E-step before the first epoch
+        if self.user_centroids is None:  # the trainer runs the first E-step before the first epoch
             self.e_step()
         user, pos_item = interaction[self.USER_ID], interaction[self.ITEM_ID]
         structure = self.ssl_layer_loss(context, center, user, pos_item)  # NCL's Eq. 9
         prototype = self.ProtoNCE_loss(center, user, pos_item)  # NCL's Eq. 13
-        return loss, structure, prototype  # NCLTrainer drops the last one for the first warm_up_step epochs
+        return loss, structure, prototype  # the trainer drops the last one for the first warm_up_step epochs
 
     def id_embeddings(self):
         user_id, item_id = super().id_embeddings()
