@@ -3,7 +3,7 @@
 TikTok at 0 % missing: CI²MG-S's runs, beside the multimodal models' 0 % records and the
 ID-only models' records. ID-only models read no content, so their runs at 90 % missing are
 their 0 % runs (SimGCL was run at both and gives identical numbers, BENCHMARKS.md, issue 13):
-their records are copied with ``missing_rate`` 0.0 and ``id_only_from_rate`` 0.9 added, so that
+their records are copied with ``missing_rate`` 0.0 (or the sweep's rates) and ``id_only_from_rate`` 0.9 added, so that
 they sit in the same table section. Run from anywhere: ``python benchmarks/combine_issue12.py``,
 then ``python -m recbole_ci2mg.compare --table-only --results=<file>`` for each file written.
 """
@@ -21,8 +21,8 @@ def read(name, keep=lambda r: True):
     return [r for r in map(json.loads, path.read_text().splitlines()) if keep(r)]
 
 
-def as_rate_zero(record):
-    return {**record, "missing_rate": 0.0, "id_only_from_rate": record["missing_rate"]}
+def as_rate(record, rate=0.0):
+    return {**record, "missing_rate": rate, "id_only_from_rate": record["missing_rate"]}
 
 
 def write(name, records):
@@ -34,12 +34,36 @@ others = read("tiktok_missing0.0_issue13_all.jsonl", lambda r: r["model"] in {"F
 others += read("tiktok_missing0.0_recweight.jsonl", lambda r: r["overrides"].get("rec_weight") == 0.01)
 id_only = read("tiktok_missing0.9_issue13_all.jsonl", lambda r: r["model"] in ID_ONLY)
 id_only += read("tiktok_missing0.9_tuned.jsonl", lambda r: r["model"] == "LightGCN")
-others += [as_rate_zero(r) for r in id_only]
+others += [as_rate(r) for r in id_only]
 # the first row is each table's Wilcoxon reference: CI2MG-S with NCL's objective, then at its defaults
 write("tiktok_missing0.0_issue12.jsonl", read("tiktok_missing0.0_idcontrast.jsonl") + read("tiktok_missing0.0_ci2mgs.jsonl") + others)
 write("tiktok_missing0.0_issue12_defaults.jsonl", read("tiktok_missing0.0_ci2mgs.jsonl") + others)
 
 # TikTok missing-rate sweep, seed 2020: CI2MG-S at its defaults beside the issue-13 sweep
-sweep = read("tiktok_missing0.0_ci2mgs.jsonl", lambda r: r["seed"] == 2020) + read("tiktok_sweep_issue12.jsonl")
+seed2020 = lambda r: r["seed"] == 2020  # noqa: E731
+sweep = read("tiktok_missing0.0_ci2mgs.jsonl", seed2020) + read("tiktok_sweep_issue12.jsonl", lambda r: seed2020(r) and r["model"] == "CI2MG-S")
 sweep += read("tiktok_sweep_issue13_all.jsonl", lambda r: r["model"] in {"FREEDOM", "LightGCN-M", "CI2MG"})
 write("tiktok_sweep_issue12_all.jsonl", sorted(sweep, key=lambda r: r["missing_rate"]))
+
+# TikTok at 90 % missing: the CI2MG family's best on validation (NCL's objective, the raw graph with
+# empty rows, 3 layers), 3 seeds, beside the tuned table's rows and the models' defaults
+at90 = read("tiktok_missing0.9_idcontrast.jsonl")
+at90 += read("tiktok_missing0.9_issue13_all.jsonl", lambda r: r["model"] in {"NCL", "LightGCN", "FREEDOM", "LightGCN-M"})
+at90 += read("tiktok_missing0.9_tuned.jsonl", lambda r: r["model"] in {"LightGCN", "CI2MG-S"})
+at90 += read("tiktok_missing0.9_recweight.jsonl")
+at90 += read("tiktok_sweep_issue12.jsonl", lambda r: r["missing_rate"] == 0.9 and r["model"] == "CI2MG-S")
+write("tiktok_missing0.9_issue12.jsonl", at90)
+
+# the sweep at 3 seeds: the seed-2020 sweep above, seeds 2021 and 2022 at 30 and 60 % (and CI2MG-S
+# at 90 %), CI2MG at its rec_weight default 0.01 at 30 and 60 % (as many seeds as were run), and the
+# 3-seed 0 % and 90 % records of the same models at their defaults; LightGCN reads no content: its
+# records at every rate
+sweep3 = read("tiktok_missing0.0_ci2mgs.jsonl") + read("tiktok_sweep_issue12.jsonl")
+sweep3 += read("tiktok_missing0.0_recweight.jsonl", lambda r: r["overrides"].get("rec_weight") == 0.01)
+sweep3 += read("tiktok_missing0.9_recweight.jsonl")
+sweep3 += read("tiktok_sweep_issue13_all.jsonl", lambda r: r["model"] in {"FREEDOM", "LightGCN-M"})
+sweep3 += read("tiktok_missing0.0_issue13_all.jsonl", lambda r: r["model"] in {"FREEDOM", "LightGCN-M"} and r["seed"] != 2020)
+sweep3 += read("tiktok_missing0.9_issue13_all.jsonl", lambda r: r["model"] in {"FREEDOM", "LightGCN-M"} and r["seed"] != 2020)
+lightgcn = read("tiktok_missing0.9_issue13_all.jsonl", lambda r: r["model"] == "LightGCN")  # reads no content
+sweep3 += [as_rate(r, rate) for rate in (0.0, 0.3, 0.6) for r in lightgcn] + lightgcn
+write("tiktok_sweep3_issue12_all.jsonl", sorted(sweep3, key=lambda r: r["missing_rate"]))

@@ -294,3 +294,21 @@ def test_an_unseen_item_is_its_graph_neighbours_alone(tmp_path):
     torch.testing.assert_close(items.detach(), lightgcn * graph.seen_items + (adjacency @ seen_weights).detach())
     with pytest.raises(ValueError, match="unseen_items graph"):
         built(settings, item_graph="none", unseen_items="graph")
+
+
+def test_the_neighbour_reading_tells_content_neighbours_from_random_ones(settings):
+    import importlib.util
+
+    from conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("item_graph_neighbours", REPO / "benchmarks" / "item_graph_neighbours.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    rows = {(rate, name): row for rate in (0.0, 0.5) for row in script.reading("tiny", rate, 2020, 3, settings)
+            for name in [row[1]]}
+    full, half = rows[0.0, "v"], rows[0.5, "v"]
+    assert full[2] == full[3] == 40 and full[4] == 1.0  # every item linked at 0 % missing
+    assert 0 < half[2] < 40 and 0 < half[4] < 1  # only the observed items at 50 %
+    # v follows the planted clusters users draw from, t is noise: only v's neighbours share users
+    assert full[5][1] > 1.5 * full[6][1]
+    assert rows[0.0, "t"][5][1] < full[5][1]
