@@ -3,8 +3,8 @@
 TikTok at 0 % missing: CI²MG-S's runs, beside the multimodal models' 0 % records and the
 ID-only models' records. ID-only models read no content, so their runs at 90 % missing are
 their 0 % runs (SimGCL was run at both and gives identical numbers, BENCHMARKS.md, issue 13):
-their records are copied with ``missing_rate`` 0.0 (or the sweep's rates) and ``id_only_from_rate`` 0.9 added, so that
-they sit in the same table section. Run from anywhere: ``python benchmarks/combine_issue12.py``,
+their records are copied with ``missing_rate`` 0.0 (or the sweep's rates) and
+``id_only_from_rate`` 0.9 added, so that they sit in the same table section. Run from anywhere: ``python benchmarks/combine_issue12.py``,
 then ``python -m recbole_ci2mg.compare --table-only --results=<file>`` for each file written.
 """
 import json

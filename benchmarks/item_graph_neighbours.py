@@ -1,6 +1,6 @@
 """How often CI²MG-S's raw kNN neighbours share a training user with the item, by missing rate.
 
-A reading for issue 12 (BENCHMARKS.md, "TikTok at 90 % missing, the family's best"): the raw
+A reading for issue 12 (BENCHMARKS.md, "The CI²MG family's best at 90 % missing"): the raw
 graph links only the items that have a modality, so at 90 % missing each item's k neighbours are
 drawn from a tenth of the catalogue. This script builds CI²MG-S (its graph, from its defaults
 and the mask of the seed) at each missing rate and reports, over the items that have graph

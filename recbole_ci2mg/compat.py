@@ -124,8 +124,9 @@ class PrototypeEStepMixin:
     E-step added: it never hands the model to a dynamic negative sampler, so
     ``train_neg_sample_args`` with ``dynamic: True`` fails at the first batch
     (``'NoneType' object has no attribute 'eval'``), it logs nothing to wandb,
-    and ``m_step: 0`` is a bare ``ZeroDivisionError``. This mixin keeps ``Trainer.fit`` and adds NCL's
-    two steps around each epoch, as ``NCLTrainer`` places them:
+    and ``m_step: 0`` is a bare ``ZeroDivisionError``. This mixin keeps
+    ``Trainer.fit`` and adds NCL's two steps around each epoch, as
+    ``NCLTrainer`` places them:
 
     - every ``m_step`` epochs, from epoch 0, ``model.e_step()`` before the
       epoch (outside its ``train_epoch_seconds``, as ``NCLTrainer`` times it);

@@ -266,7 +266,7 @@ def test_ncls_schedule_names_a_bad_setting(settings, tmp_path):
 def test_without_the_id_contrast_the_loss_is_one_term(settings):
     model, train = built(settings, id_contrast=False)
     model.train()
-    model.e_step()  # NCLTrainer calls it every epoch: nothing to cluster
+    model.e_step()  # the trainer calls it every m_step epochs: nothing to cluster
     assert torch.is_tensor(model.calculate_loss(next(iter(train))))
     assert not hasattr(model, "user_centroids")
 
@@ -304,8 +304,7 @@ def test_the_neighbour_reading_tells_content_neighbours_from_random_ones(setting
     spec = importlib.util.spec_from_file_location("item_graph_neighbours", REPO / "benchmarks" / "item_graph_neighbours.py")
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
-    rows = {(rate, name): row for rate in (0.0, 0.5) for row in script.reading("tiny", rate, 2020, 3, settings)
-            for name in [row[1]]}
+    rows = {row[:2]: row for rate in (0.0, 0.5) for row in script.reading("tiny", rate, 2020, 3, settings)}
     full, half = rows[0.0, "v"], rows[0.5, "v"]
     assert full[2] == full[3] == 40 and full[4] == 1.0  # every item linked at 0 % missing
     assert 0 < half[2] < 40 and 0 < half[4] < 1  # only the observed items at 50 %
