@@ -67,3 +67,11 @@ sweep3 += read("tiktok_missing0.9_issue13_all.jsonl", lambda r: r["model"] in {"
 lightgcn = read("tiktok_missing0.9_issue13_all.jsonl", lambda r: r["model"] == "LightGCN")  # reads no content
 sweep3 += [as_rate(r, rate) for rate in (0.0, 0.3, 0.6) for r in lightgcn] + lightgcn
 write("tiktok_sweep3_issue12_all.jsonl", sorted(sweep3, key=lambda r: r["missing_rate"]))
+
+# TikTok at 90 % missing, NCL's objective inside CI2MG-S with and without the raw graph (the same
+# model, so the same draws at each seed: a paired reading of the graph), the graph-contrastive
+# screen, and RecBole's NCL
+paired = read("tiktok_missing0.9_idcontrast.jsonl") + read("tiktok_missing0.9_idcontrast_control.jsonl")
+paired += read("tiktok_missing0.9_idcontrast_screen.jsonl", lambda r: r["overrides"].get("item_graph_role") == "contrast")
+paired += read("tiktok_missing0.9_issue13_all.jsonl", lambda r: r["model"] == "NCL")
+write("tiktok_missing0.9_graph_paired.jsonl", paired)

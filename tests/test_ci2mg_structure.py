@@ -311,3 +311,33 @@ def test_the_neighbour_reading_tells_content_neighbours_from_random_ones(setting
     # v follows the planted clusters users draw from, t is noise: only v's neighbours share users
     assert full[5][1] > 1.5 * full[6][1]
     assert rows[0.0, "t"][5][1] < full[5][1]
+
+
+def test_a_contrast_graph_leaves_the_score_alone_and_adds_its_infonce(settings):
+    model, train = built(settings, item_graph="raw", item_graph_missing="none", score_content=False,
+                         item_graph_role="contrast", graph_contrast_reg=0.5, ssl_temp=0.2)
+    plain, _ = built(settings, item_graph="none", score_content=False)
+    plain.load_state_dict(model.state_dict(), strict=False)
+    batch = next(iter(train))
+    model.train()
+    plain.train()
+    with torch.no_grad():
+        for a, b in zip(model.id_embeddings(), plain.id_embeddings()):
+            torch.testing.assert_close(a, b)  # the graph is in no score
+        loss, bpr = model.calculate_loss(batch), plain.calculate_loss(batch)
+        adjacency = model.item_adjacency().to_coo().to_dense()
+        own = torch.arange(model.n_items)
+        linked = ((adjacency > 0) & (own.view(-1, 1) != own.view(1, -1))).any(dim=1)
+        assert linked.any() and not linked[1:].all(), "the tiny data lost its mix of linked and unlinked items"
+        neighbourhood = torch.nn.functional.normalize(adjacency @ model.item_embedding.weight)
+        expected = 0.0
+        for i in torch.unique(batch[model.ITEM_ID]).tolist():
+            if linked[i]:  # InfoNCE: the item's own neighbourhood among every item's
+                logits = torch.nn.functional.normalize(model.item_embedding.weight[i], dim=0) @ neighbourhood.T / 0.2
+                expected = expected - torch.log_softmax(logits, dim=0)[i]
+    assert expected != 0.0
+    torch.testing.assert_close(loss, bpr + 0.5 * expected)
+    with pytest.raises(ValueError, match="item_graph_role contrast needs an item-item graph"):
+        built(settings, item_graph="none", item_graph_role="contrast")
+    with pytest.raises(ValueError, match="item_graph_role must be one of"):
+        built(settings, item_graph_role="both")

@@ -11,6 +11,7 @@ from functools import partial
 
 import scipy.sparse as sp
 import torch
+import torch.nn.functional as F
 from recbole.model.general_recommender.ncl import NCL
 
 from recbole_ci2mg.model.ci2mg import CI2MG
@@ -21,6 +22,7 @@ from recbole_ci2mg.model.settings import require_setting
 ITEM_GRAPHS = ("none", "raw", "generated")
 GRAPH_MISSING = ("self", "none")
 UNSEEN_ITEMS = ("own", "graph")
+GRAPH_ROLES = ("propagate", "contrast")
 
 
 class CI2MGS(CI2MG):
@@ -71,6 +73,11 @@ class CI2MGS(CI2MG):
       ``item_graph`` ``none`` or ``raw``, no score reads the generation
       branch: it is not run (nor its losses, which would train only itself),
       and the model is Eq. 2 plus the graph, at LightGCN's cost.
+    - ``item_graph_role``: ``propagate`` (the item embedding of Eq. 2 plus
+      :math:`S^{L_s} E^V`, above) or ``contrast``: the score keeps Eq. 2's
+      embeddings and the graph enters only a loss that pulls a batch item's
+      layer-0 embedding toward its neighbours' (below), so an item with
+      content and one without are scored alike.
     - ``id_contrast``: NCL's two contrastive losses on Eq. 2's ID embeddings
       (Lin et al., WWW '22, a stronger ID objective than BPR alone): the
       structure-contrastive one between a node's layer-0 and layer
@@ -83,6 +90,18 @@ class CI2MGS(CI2MG):
       the first ``warm_up_step``.
       With ``item_graph`` ``none`` and ``score_content`` off the model is NCL
       with Eq. 2's ``n_layers``.
+
+    The graph-contrastive loss of ``item_graph_role: contrast`` is NCL's
+    structure-contrastive InfoNCE (its Eq. 7) with the item's graph
+    neighbourhood as the positive view, over the distinct batch items :math:`B_S`
+    that have a neighbour other than themselves,
+
+    .. math::
+        \mathcal{L}_S = -\sum_{i \in B_S} \log
+            \frac{\exp(\cos(e_i, (S E^V)_i) / \tau)}{\sum_{j} \exp(\cos(e_i, (S E^V)_j) / \tau)},
+
+    weighted by ``graph_contrast_reg``, with :math:`\tau` = ``ssl_temp`` and one step of
+    :math:`S` (``item_graph_layers`` is for ``propagate``).
 
     The graph (neighbours and weights) is a buffer of the model, saved in
     checkpoints, so a reloaded model scores with the graph it was validated with.
@@ -114,6 +133,17 @@ class CI2MGS(CI2MG):
             raise ValueError(f"{type(self).__name__}: unseen_items graph takes an unseen item's embedding from the "
                              f"item-item graph, and item_graph is none: set item_graph raw or generated, or "
                              f"unseen_items own.")
+        self.item_graph_role = setting("item_graph_role")
+        if self.item_graph_role not in GRAPH_ROLES:
+            raise ValueError(f"{type(self).__name__}: item_graph_role must be one of {GRAPH_ROLES}, "
+                             f"got {self.item_graph_role!r}")
+        if self.item_graph_role == "contrast":
+            if self.item_graph == "none" or self.unseen_items == "graph":
+                raise ValueError(f"{type(self).__name__}: item_graph_role contrast needs an item-item graph "
+                                 f"(item_graph raw or generated) and leaves every item its own embedding "
+                                 f"(unseen_items own); got item_graph {self.item_graph!r}, unseen_items "
+                                 f"{self.unseen_items!r}.")
+            self.graph_contrast_reg, self.ssl_temp = setting("graph_contrast_reg"), setting("ssl_temp")
         # [N_V, 1]: the items with training interactions (the dataset's cold_items are the others)
         self.register_buffer("seen_items", ~dataset.cold_items.unsqueeze(1), persistent=False)
         if self.item_graph not in ITEM_GRAPHS:
@@ -181,6 +211,22 @@ class CI2MGS(CI2MG):
         self.graph_built.fill_(True)
         self._item_adj = None
 
+    def linked_items(self):
+        """``[N_V]`` bool: the items with a neighbour other than themselves in some modality's graph."""
+        own = torch.arange(self.n_items, device=self.graph_neighbours.device).view(1, -1, 1)
+        return ((self.graph_neighbours != own) & (self.graph_weights > 0)).any(dim=2).any(dim=0)
+
+    def graph_contrast_loss(self, items):
+        r""":math:`\mathcal{L}_S` (class docstring) over the distinct ``items`` ``[B]`` that have neighbours."""
+        items = torch.unique(items)
+        items = items[self.linked_items()[items]]
+        if items.numel() == 0:
+            return self.item_embedding.weight.new_zeros(())
+        own = F.normalize(self.item_embedding(items))  # [B_S, d]
+        neighbourhood = F.normalize(self.item_adjacency() @ self.item_embedding.weight)  # [N_V, d]
+        logits = own @ neighbourhood.T / self.ssl_temp  # [B_S, N_V]
+        return F.cross_entropy(logits, items, reduction="sum")
+
     def item_adjacency(self):
         r""":math:`S` as a :class:`ConstantSparse` ``[N_V, N_V]``, built from the buffers on first use."""
         if self._item_adj is None:
@@ -240,6 +286,8 @@ class CI2MGS(CI2MG):
 
     def calculate_loss(self, interaction):
         loss = super().calculate_loss(interaction)
+        if self.item_graph_role == "contrast":  # in the first term, which NCL's warm-up never drops
+            loss = loss + self.graph_contrast_reg * self.graph_contrast_loss(interaction[self.ITEM_ID])
         if not self.id_contrast:
             return loss
         center, context = self._contrast_layers
@@ -253,7 +301,7 @@ class CI2MGS(CI2MG):
 
     def id_embeddings(self):
         user_id, item_id = super().id_embeddings()
-        if self.item_graph == "none" or not bool(self.graph_built):
+        if self.item_graph == "none" or self.item_graph_role == "contrast" or not bool(self.graph_built):
             return user_id, item_id
         propagated = self.item_embedding.weight
         if self.unseen_items == "graph":  # an unseen item's own ID embedding is left out everywhere
