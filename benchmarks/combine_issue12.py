@@ -71,7 +71,9 @@ write("tiktok_sweep3_issue12_all.jsonl", sorted(sweep3, key=lambda r: r["missing
 # TikTok at 90 % missing, NCL's objective inside CI2MG-S with and without the raw graph (the same
 # model, so the same draws at each seed: a paired reading of the graph), the graph-contrastive
 # screen, and RecBole's NCL
-paired = read("tiktok_missing0.9_idcontrast.jsonl") + read("tiktok_missing0.9_idcontrast_control.jsonl")
-paired += read("tiktok_missing0.9_idcontrast_screen.jsonl", lambda r: r["overrides"].get("item_graph_role") == "contrast")
-paired += read("tiktok_missing0.9_issue13_all.jsonl", lambda r: r["model"] == "NCL")
-write("tiktok_missing0.9_graph_paired.jsonl", paired)
+# (two files: each first row is its table's Wilcoxon reference)
+graph, control = read("tiktok_missing0.9_idcontrast.jsonl"), read("tiktok_missing0.9_idcontrast_control.jsonl")
+contrast = read("tiktok_missing0.9_idcontrast_screen.jsonl", lambda r: r["overrides"].get("item_graph_role") == "contrast")
+ncl = read("tiktok_missing0.9_issue13_all.jsonl", lambda r: r["model"] == "NCL")
+write("tiktok_missing0.9_graph_paired.jsonl", graph + control + contrast + ncl)
+write("tiktok_missing0.9_contrast_paired.jsonl", contrast + control + graph + ncl)
