@@ -5,10 +5,10 @@ loss over the first epochs, for RecBole's NCL, CI²MG-S with ``id_contrast`` and
     python benchmarks/ncl_plateau.py --dataset=ml-100k-mm --missing_rate=0.9 --seed=2020 --epochs=3
 
 Each model is trained with Adam at its configured learning rate, the prototype term left out as in
-NCL's warm-up, so the numbers are those of a run's first epochs. Prints the mean share of the users
-that lie within two hops of a user (what NCL's structure term contrasts a user with), then, per model, the norm of each
-term's gradient on the user embeddings at the first batch, then each epoch's summed BPR-and-L2 term
-and the mean norm of the user and item embeddings.
+NCL's warm-up, so the numbers are those of a run's first epochs. Prints the mean share of the
+users within two hops of a user (what NCL's structure term contrasts a user with), then, per
+model, the norm of each term's gradient on the user embeddings at the first batch, then each
+epoch's summed BPR-and-L2 term and the mean norm of the user and item embeddings.
 """
 import argparse
 
@@ -20,11 +20,11 @@ from recbole.utils import init_seed
 from recbole_ci2mg.quick_start import build_config, create_dataset
 from recbole_ci2mg.registry import get_model
 
-MODELS = {  # name: (model, settings)
-    "NCL": ("NCL", {}),
-    "CI2MG-S + id_contrast": ("CI2MG-S", {"id_contrast": True, "item_graph": "none", "n_layers": 3}),
-    "LightGCN": ("LightGCN", {"n_layers": 3}),
-}
+MODELS = [  # (model, settings)
+    ("NCL", {}),
+    ("CI2MG-S", {"id_contrast": True, "item_graph": "none", "n_layers": 3}),
+    ("LightGCN", {"n_layers": 3}),
+]
 
 
 def two_hop_share(dataset):
@@ -83,7 +83,7 @@ def main():
     parser.add_argument("--num_clusters", type=int, default=100)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    for number, (model_name, settings) in enumerate(MODELS.values()):
+    for number, (model_name, settings) in enumerate(MODELS):
         first_epochs(model_name, settings, args, first=number == 0)
 
 

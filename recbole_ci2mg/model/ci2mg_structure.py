@@ -177,7 +177,7 @@ class CI2MGS(CI2MG):
         self.register_buffer("graph_neighbours", torch.zeros(shape, dtype=torch.long))  # [M, N_V, k]
         self.register_buffer("graph_weights", torch.zeros(shape))  # [M, N_V, k]
         self.register_buffer("graph_built", torch.zeros((), dtype=torch.bool))
-        self._item_adj = None
+        self._item_adj = self._linked = None  # derived from the graph buffers on first use
         if self.item_graph == "raw":
             features = []
             for m in range(self.n_modalities):  # the standardised features, missing rows 0 (never linked)
@@ -209,12 +209,14 @@ class CI2MGS(CI2MG):
             self.graph_neighbours[m].copy_(neighbours)
             self.graph_weights[m].copy_(weights)
         self.graph_built.fill_(True)
-        self._item_adj = None
+        self._item_adj = self._linked = None
 
     def linked_items(self):
         """``[N_V]`` bool: the items with a neighbour other than themselves in some modality's graph."""
-        own = torch.arange(self.n_items, device=self.graph_neighbours.device).view(1, -1, 1)
-        return ((self.graph_neighbours != own) & (self.graph_weights > 0)).any(dim=2).any(dim=0)
+        if self._linked is None:
+            own = torch.arange(self.n_items, device=self.graph_neighbours.device).view(1, -1, 1)
+            self._linked = ((self.graph_neighbours != own) & (self.graph_weights > 0)).any(dim=2).any(dim=0)
+        return self._linked
 
     def graph_contrast_loss(self, items):
         r""":math:`\mathcal{L}_S` (class docstring) over the distinct ``items`` ``[B]`` that have neighbours."""
@@ -243,7 +245,7 @@ class CI2MGS(CI2MG):
 
     def load_state_dict(self, state_dict, strict=True):
         out = super().load_state_dict(state_dict, strict)
-        self._item_adj = None
+        self._item_adj = self._linked = None
         return out
 
     def train(self, mode=True):
