@@ -77,3 +77,28 @@ contrast = read("tiktok_missing0.9_idcontrast_screen.jsonl", lambda r: r["overri
 ncl = read("tiktok_missing0.9_issue13_all.jsonl", lambda r: r["model"] == "NCL")
 write("tiktok_missing0.9_graph_paired.jsonl", graph + control + contrast + ncl)
 write("tiktok_missing0.9_contrast_paired.jsonl", contrast + control + graph + ncl)
+
+# SimGCL's objective inside CI2MG-S (id_noise_contrast, id_readout propagated, SimGCL's tuned settings):
+# TikTok at 90 % missing, the raw graph with empty rows first (the Wilcoxon reference), its no-graph
+# control, tuned and untuned SimGCL, NCL and tuned LightGCN; with complete content, the raw graph
+# beside the same ID-only rows (their 90 % runs) and the 0 % multimodal rows
+noise = read("tiktok_missing0.9_noise.jsonl")
+noise_graph = [r for r in noise if r["overrides"].get("item_graph") == "raw"]
+simgcl = read("tiktok_missing0.9_tuned.jsonl", lambda r: r["model"] == "SimGCL")
+simgcl += read("tiktok_missing0.9_issue13_all.jsonl", lambda r: r["model"] == "SimGCL" and not r["overrides"])
+best_id = simgcl + read("tiktok_missing0.9_issue13_all.jsonl", lambda r: r["model"] == "NCL")
+best_id += read("tiktok_missing0.9_tuned.jsonl", lambda r: r["model"] == "LightGCN")
+noise_control = [r for r in noise if r["overrides"].get("item_graph") == "none"]
+write("tiktok_missing0.9_noise_all.jsonl", noise_graph + noise_control + best_id)
+at0 = read("tiktok_missing0.0_noise.jsonl") + [as_rate(r) for r in noise_control + best_id]
+at0 += read("tiktok_missing0.0_idcontrast.jsonl") + read("tiktok_missing0.0_ci2mgs.jsonl")
+at0 += read("tiktok_missing0.0_issue13_all.jsonl", lambda r: r["model"] == "FREEDOM")
+write("tiktok_missing0.0_noise_all.jsonl", at0)
+
+# the embedded ml-100k-mm at 90 % missing: the family with SimGCL's objective (the raw graph's self-loops
+# first), beside SimGCL and the models of the ml-100k-mm table above
+ml = read("ml-100k-mm_missing0.9_noise.jsonl")
+ml_self = [r for r in ml if r["model"] == "CI2MG-S" and r["overrides"]["item_graph"] == "raw"
+           and "item_graph_missing" not in r["overrides"]]
+write("ml-100k-mm_missing0.9_noise_all.jsonl", ml_self + [r for r in ml if r not in ml_self]
+      + read("ml-100k-mm_missing0.9_issue12.jsonl"))

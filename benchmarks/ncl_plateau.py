@@ -22,7 +22,8 @@ from recbole_ci2mg.registry import get_model
 
 MODELS = [  # (model, settings)
     ("NCL", {}),
-    ("CI2MG-S", {"id_contrast": True, "item_graph": "none", "n_layers": 3}),
+    ("CI2MG-S", {"id_contrast": True, "item_graph": "none", "n_layers": 3,  # stop 20's model: BPR and NCL's terms
+                 "id_noise_contrast": False, "id_readout": "all"}),
     ("LightGCN", {"n_layers": 3}),
 ]
 

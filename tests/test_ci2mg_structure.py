@@ -7,6 +7,7 @@ from recbole.data import data_preparation
 from recbole.utils import init_seed
 
 from conftest import both_scores, optimizer_step, planted_interactions, write_benchmark
+from recbole_ci2mg.model.layers.graph import lightgcn_layers
 from recbole_ci2mg.quick_start import build_config, create_dataset, properties_files
 from recbole_ci2mg.registry import get_model
 
@@ -28,6 +29,10 @@ def settings(tmp_path):
     return write_benchmark(tmp_path / "data", "tiny", splits, {"v": (v, None), "t": (t, None)})
 
 
+# CI²MG's Eq. 2 trained with BPR alone (CI²MG-S's defaults before SimGCL's objective became one)
+BPR_EQ2 = {"id_noise_contrast": False, "id_readout": "all", "n_layers": 2}
+
+
 def built(settings, model="CI2MG-S", **overrides):
     config = build_config(model, "tiny", config_dict={
         "n_prototypes": 4, "ot_block_size": 16, "missing_rate": 0.5, **settings, **overrides})
@@ -42,10 +47,11 @@ def test_the_variant_reads_ci2mgs_defaults_first(settings):
     config = build_config("CI2MG-S", "tiny", config_dict=settings)
     assert config["hyper_temperature"] == 0.1 and config["ot_solver"] == "scalable"  # from CI2MG.yaml
     assert config["item_graph"] == "raw"  # from CI2MGS.yaml
+    assert config["n_layers"] == 3 and config["id_noise_contrast"]  # CI2MGS.yaml's, over CI2MG.yaml's n_layers 2
 
 
 def test_without_graph_and_with_content_it_is_ci2mg(settings):
-    variant, train = built(settings, item_graph="none", score_content=True)
+    variant, train = built(settings, item_graph="none", score_content=True, **BPR_EQ2)
     ci2mg, _ = built(settings, model="CI2MG")
     batch = next(iter(train))
     for model in (variant, ci2mg):
@@ -119,7 +125,7 @@ def test_an_unknown_graph_is_a_clear_error(settings):
 def test_without_content_in_any_score_the_generation_branch_is_not_run(settings, item_graph):
     from recbole_ci2mg.model.ci2mg import CI2MG
 
-    model, train = built(settings, item_graph=item_graph, score_content=False)
+    model, train = built(settings, item_graph=item_graph, score_content=False, **BPR_EQ2)
     assert not model.content_reaches_score and not (model.use_contrastive or model.use_task_guided)
     batch = next(iter(train))
     model.train()
@@ -173,7 +179,7 @@ def test_without_self_loops_an_item_missing_every_modality_keeps_its_id_embeddin
 def test_the_id_contrast_is_ncls_losses_on_the_same_embeddings(settings):
     ncl_settings = {"ssl_temp": 0.2, "ssl_reg": 1e-3, "proto_reg": 1e-2, "num_clusters": 4, "n_layers": 2}
     model, train = built(settings, item_graph="none", score_content=False, id_contrast=True, ssl_alpha=0.5,
-                         ssl_hyper_layers=1, **ncl_settings)
+                         ssl_hyper_layers=1, id_noise_contrast=False, id_readout="all", **ncl_settings)
     config = build_config("NCL", "tiny", config_dict={"missing_rate": 0.5, **settings, **ncl_settings, "alpha": 0.5,
                                                        "hyper_layers": 1})
     ncl = get_model("NCL")(config, train._dataset)
@@ -341,3 +347,81 @@ def test_a_contrast_graph_leaves_the_score_alone_and_adds_its_infonce(settings):
         built(settings, item_graph="none", item_graph_role="contrast")
     with pytest.raises(ValueError, match="item_graph_role must be one of"):
         built(settings, item_graph_role="both")
+
+
+def test_the_noise_contrast_is_simgcls_infonce_on_the_scored_embeddings(settings):
+    graph = {"item_graph": "raw", "item_graph_missing": "none", "score_content": False, "id_readout": "all"}
+    model, train = built(settings, **graph, id_noise_contrast=True, noise_reg=0.5, noise_eps=0.1, noise_temp=0.2)
+    plain, _ = built(settings, **graph, id_noise_contrast=False)
+    plain.load_state_dict(model.state_dict())
+    batch = next(iter(train))
+    model.train()
+    plain.train()
+    with torch.no_grad():
+        for a, b in zip(model.id_embeddings(), plain.id_embeddings()):
+            torch.testing.assert_close(a, b)  # the noise is in the loss only
+        torch.manual_seed(0)
+        loss = model.calculate_loss(batch)
+        bpr = plain.calculate_loss(batch)
+        torch.manual_seed(0)  # the same draws, in the same order: first view, then second
+        ego = torch.cat([model.user_embedding.weight, model.item_embedding.weight])
+        graph_term = model.item_adjacency() @ model.item_embedding.weight
+        views = []
+        for _ in range(2):
+            mean = torch.stack(lightgcn_layers(model.norm_adj_matrix, ego, model.n_layers, 0.1)).mean(dim=0)
+            users, items = torch.split(mean, [model.n_users, model.n_items])
+            views.append((users, items + graph_term))
+        assert not torch.allclose(views[0][0], views[1][0])
+        expected = 0.0
+        for side, ids in enumerate((batch[model.USER_ID], batch[model.ITEM_ID])):
+            distinct = torch.unique(ids).tolist()
+            first = torch.nn.functional.normalize(views[0][side][distinct])
+            second = torch.nn.functional.normalize(views[1][side][distinct])
+            terms = [-torch.log_softmax(first[row] @ second.T / 0.2, dim=0)[row] for row in range(len(distinct))]
+            expected = expected + sum(terms) / len(distinct)
+    torch.testing.assert_close(loss, bpr + 0.5 * expected)
+    with pytest.raises(ValueError, match="id_noise_contrast needs noise_eps > 0"):
+        built(settings, id_noise_contrast=True, noise_eps=0.0)
+
+
+def test_the_noise_contrast_leaves_ncls_terms_on_the_clean_layers(settings):
+    ncl_settings = {"item_graph": "none", "score_content": False, "id_contrast": True, "num_clusters": 4}
+    both, train = built(settings, **ncl_settings, id_noise_contrast=True, noise_reg=0.5)
+    ncl_only, _ = built(settings, **ncl_settings, id_noise_contrast=False)
+    ncl_only.load_state_dict(both.state_dict())
+    both.e_step()
+    for name in ("user_centroids", "user_2cluster", "item_centroids", "item_2cluster"):
+        setattr(ncl_only, name, getattr(both, name))
+    batch = next(iter(train))
+    both.train()
+    ncl_only.train()
+    with torch.no_grad():
+        ours, theirs = both.calculate_loss(batch), ncl_only.calculate_loss(batch)
+    assert ours[0] > theirs[0]  # the noise term, in the first term
+    torch.testing.assert_close(ours[1:], theirs[1:])  # NCL's structure and prototype terms, unperturbed
+
+
+def test_with_simgcls_readout_and_no_graph_the_noise_contrast_is_simgcl(settings):
+    simgcl_settings = {"n_layers": 2, "reg_weight": 1e-3}
+    model, train = built(settings, item_graph="none", score_content=False, id_readout="propagated",
+                         id_noise_contrast=True, noise_reg=0.3, noise_eps=0.2, noise_temp=0.5, **simgcl_settings)
+    config = build_config("SimGCL", "tiny", config_dict={"missing_rate": 0.5, **settings, **simgcl_settings,
+                                                          "cl_weight": 0.3, "eps": 0.2, "cl_temperature": 0.5})
+    simgcl = get_model("SimGCL")(config, train._dataset)
+    simgcl.load_state_dict({"user_embedding.weight": model.user_embedding.weight.detach(),
+                            "item_embedding.weight": model.item_embedding.weight.detach()})
+    batch = next(iter(train))
+    model.train()
+    simgcl.train()
+    torch.manual_seed(0)
+    ours = model.calculate_loss(batch)
+    torch.manual_seed(0)
+    theirs = simgcl.calculate_loss(batch)
+    torch.testing.assert_close(ours, theirs)
+    model.eval()
+    simgcl.eval()
+    torch.testing.assert_close(both_scores(model)[0], both_scores(simgcl)[0])
+    with pytest.raises(ValueError, match="id_readout must be one of"):
+        built(settings, id_readout="last")
+    with pytest.raises(ValueError, match="id_readout propagated reads layers 1..n_layers"):
+        built(settings, id_readout="propagated", n_layers=0)

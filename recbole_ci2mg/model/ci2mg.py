@@ -68,6 +68,7 @@ class CI2MG(GeneralRecommender):
     """
 
     input_type = InputType.PAIRWISE
+    id_readout_from = 0  # Eq. 2 averages layers 0..L (CI2MG-S's id_readout may start at layer 1)
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
@@ -203,15 +204,17 @@ class CI2MG(GeneralRecommender):
         user_e, item_e = self.scoring_embeddings(user_id, item_id, user_views, Z)  # Eq. 13
         return user_e, item_e, {"Q": Q, "Q_hat": Q_hat, "Z": Z}
 
-    def id_layers(self, n_layers=None):
+    def id_layers(self, n_layers=None, noise_eps=0.0):
         r"""Eq. 2's LightGCN layers ``0..n_layers`` (default ``n_layers`` of the config) over the
-        training graph, a list of ``[N_U + N_V, d]``, users first."""
+        training graph, a list of ``[N_U + N_V, d]``, users first; with ``noise_eps``, SimGCL's
+        perturbed layers (:func:`~recbole_ci2mg.model.layers.graph.lightgcn_layers`)."""
         ego = torch.cat([self.user_embedding.weight, self.item_embedding.weight])
-        return lightgcn_layers(self.norm_adj_matrix, ego, self.n_layers if n_layers is None else n_layers)
+        return lightgcn_layers(self.norm_adj_matrix, ego, self.n_layers if n_layers is None else n_layers, noise_eps)
 
-    def id_embeddings(self):
-        r"""Eq. 2: LightGCN over the training graph, ``X^U`` ``[N_U, d]`` and ``X^V`` ``[N_V, d]``."""
-        layers = self.id_layers()[: self.n_layers + 1]
+    def id_embeddings(self, noise_eps=0.0):
+        r"""Eq. 2: LightGCN over the training graph, ``X^U`` ``[N_U, d]`` and ``X^V`` ``[N_V, d]``
+        (a perturbed view with ``noise_eps``)."""
+        layers = self.id_layers(noise_eps=noise_eps)[self.id_readout_from : self.n_layers + 1]
         return torch.split(torch.stack(layers, dim=1).mean(dim=1), [self.n_users, self.n_items])
 
     def scoring_embeddings(self, user_id, item_id, user_views, Z):

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from recbole.model.general_recommender.ncl import NCL
 
 from recbole_ci2mg.model.ci2mg import CI2MG
+from recbole_ci2mg.model.layers.augment import info_nce
 from recbole_ci2mg.model.layers.graph import ConstantSparse
 from recbole_ci2mg.model.layers.item_graph import similarity_knn_edges, symmetric_normalised
 from recbole_ci2mg.model.settings import require_setting
@@ -23,6 +24,7 @@ ITEM_GRAPHS = ("none", "raw", "generated")
 GRAPH_MISSING = ("self", "none")
 UNSEEN_ITEMS = ("own", "graph")
 GRAPH_ROLES = ("propagate", "contrast")
+ID_READOUTS = {"all": 0, "propagated": 1}  # the first LightGCN layer Eq. 2's mean reads
 
 
 class CI2MGS(CI2MG):
@@ -72,7 +74,8 @@ class CI2MGS(CI2MG):
     - ``score_content``: whether the modality blocks enter Eq. 13. Off, with
       ``item_graph`` ``none`` or ``raw``, no score reads the generation
       branch: it is not run (nor its losses, which would train only itself),
-      and the model is Eq. 2 plus the graph, at LightGCN's cost.
+      and the model is Eq. 2 plus the graph, at LightGCN's cost (SimGCL's with
+      ``id_noise_contrast``).
     - ``item_graph_role``: ``propagate`` (the item embedding of Eq. 2 plus
       :math:`S^{L_s} E^V`, above) or ``contrast``: the score keeps Eq. 2's
       embeddings and the graph enters only a loss that pulls a batch item's
@@ -90,6 +93,15 @@ class CI2MGS(CI2MG):
       the first ``warm_up_step``.
       With ``item_graph`` ``none`` and ``score_content`` off the model is NCL
       with Eq. 2's ``n_layers``.
+    - ``id_readout``: Eq. 2's mean over LightGCN layers ``0..L`` (``all``,
+      the paper's and LightGCN's) or ``1..L`` (``propagated``, SimGCL's
+      encoder), for the score and every loss alike. With ``propagated`` an
+      item without training interactions has a zero Eq. 2 embedding: only
+      the graph term of ``propagate`` can place it.
+    - ``id_noise_contrast``: SimGCL's contrastive loss (Yu et al., SIGIR '22,
+      another stronger ID objective): an InfoNCE between two views of the ID
+      embeddings that differ only by random noise of norm ``noise_eps`` added
+      after every propagation step of Eq. 2 (below).
 
     The graph-contrastive loss of ``item_graph_role: contrast`` is NCL's
     structure-contrastive InfoNCE (its Eq. 7) with the item's graph
@@ -102,6 +114,22 @@ class CI2MGS(CI2MG):
 
     weighted by ``graph_contrast_reg``, with :math:`\tau` = ``ssl_temp`` and one step of
     :math:`S` (``item_graph_layers`` is for ``propagate``).
+
+    The noise-contrastive loss of ``id_noise_contrast`` is SimGCL's Eq. 8 on this
+    model's own ID embeddings: :math:`x'_n` and :math:`x''_n` are Eq. 2's
+    embeddings (with the graph term of ``propagate``) computed twice, each with
+    SimGCL's noise after every LightGCN step
+    (:func:`~recbole_ci2mg.model.layers.graph.lightgcn_layers`), and
+
+    .. math::
+        \mathcal{L}_N = \frac{1}{|B_U|} \sum_{u \in B_U} -\log
+            \frac{\exp(\cos(x'_u, x''_u) / \tau_N)}{\sum_{v \in B_U} \exp(\cos(x'_u, x''_v) / \tau_N)}
+            + (\text{the same over the batch's positive items } B_V),
+
+    over the batch's distinct users :math:`B_U` and positive items, weighted by
+    ``noise_reg``, :math:`\tau_N` = ``noise_temp``. The views use the scored
+    readout (``id_readout``); with ``propagated`` and ``item_graph`` ``none``
+    the model is SimGCL.
 
     The graph (neighbours and weights) is a buffer of the model, saved in
     checkpoints, so a reloaded model scores with the graph it was validated with.
@@ -172,6 +200,20 @@ class CI2MGS(CI2MG):
                 )
             self.user_centroids = self.user_2cluster = self.item_centroids = self.item_2cluster = None
             self._contrast_layers = None
+        self.id_readout = setting("id_readout")
+        if self.id_readout not in ID_READOUTS:
+            raise ValueError(f"{type(self).__name__}: id_readout must be one of {tuple(ID_READOUTS)}, "
+                             f"got {self.id_readout!r}")
+        self.id_readout_from = ID_READOUTS[self.id_readout]
+        if self.id_readout_from > self.n_layers:
+            raise ValueError(f"{type(self).__name__}: id_readout propagated reads layers 1..n_layers, and "
+                             f"n_layers is {self.n_layers}: set n_layers to at least 1.")
+        self.id_noise_contrast = setting("id_noise_contrast")
+        if self.id_noise_contrast:
+            self.noise_eps, self.noise_reg, self.noise_temp = setting("noise_eps"), setting("noise_reg"), setting("noise_temp")
+            if self.noise_eps <= 0 or self.noise_temp <= 0:
+                raise ValueError(f"{type(self).__name__}: id_noise_contrast needs noise_eps > 0 and noise_temp > 0, "
+                                 f"got noise_eps {self.noise_eps}, noise_temp {self.noise_temp}.")
         k = min(self.item_graph_k, self.n_items)
         shape = (self.n_modalities, self.n_items, k)
         self.register_buffer("graph_neighbours", torch.zeros(shape, dtype=torch.long))  # [M, N_V, k]
@@ -272,9 +314,9 @@ class CI2MGS(CI2MG):
         user_id, item_id = self.id_embeddings()
         return user_id, item_id, {}
 
-    def id_layers(self, n_layers=None):
-        if not self.id_contrast:
-            return super().id_layers(n_layers)
+    def id_layers(self, n_layers=None, noise_eps=0.0):
+        if not self.id_contrast or noise_eps:  # a perturbed view is no NCL context
+            return super().id_layers(n_layers, noise_eps)
         context = 2 * self.ssl_hyper_layers
         layers = super().id_layers(max(self.n_layers if n_layers is None else n_layers, context))
         if self.training:  # read by this step's calculate_loss
@@ -290,6 +332,8 @@ class CI2MGS(CI2MG):
         loss = super().calculate_loss(interaction)
         if self.item_graph_role == "contrast":  # in the first term, which NCL's warm-up never drops
             loss = loss + self.graph_contrast_reg * self.graph_contrast_loss(interaction[self.ITEM_ID])
+        if self.id_noise_contrast:
+            loss = loss + self.noise_reg * self.noise_contrast_loss(interaction[self.USER_ID], interaction[self.ITEM_ID])
         if not self.id_contrast:
             return loss
         center, context = self._contrast_layers
@@ -301,8 +345,16 @@ class CI2MGS(CI2MG):
         prototype = self.ProtoNCE_loss(center, user, pos_item)  # NCL's Eq. 13
         return loss, structure, prototype  # the trainer drops the last one for the first warm_up_step epochs
 
-    def id_embeddings(self):
-        user_id, item_id = super().id_embeddings()
+    def noise_contrast_loss(self, users, items):
+        r""":math:`\mathcal{L}_N` (class docstring) over the distinct ``users`` and ``items`` ``[B]`` of a batch."""
+        users, items = torch.unique(users), torch.unique(items)
+        (user_1, item_1), (user_2, item_2) = self.id_embeddings(self.noise_eps), self.id_embeddings(self.noise_eps)
+        return info_nce(user_1[users], user_2[users], self.noise_temp) + info_nce(
+            item_1[items], item_2[items], self.noise_temp
+        )
+
+    def id_embeddings(self, noise_eps=0.0):
+        user_id, item_id = super().id_embeddings(noise_eps)
         if self.item_graph == "none" or self.item_graph_role == "contrast" or not bool(self.graph_built):
             return user_id, item_id
         propagated = self.item_embedding.weight

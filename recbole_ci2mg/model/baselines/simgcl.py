@@ -14,14 +14,13 @@ Reference code:
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from recbole.model.abstract_recommender import GeneralRecommender
 from recbole.model.init import xavier_uniform_initialization
 from recbole.model.loss import BPRLoss, EmbLoss
 from recbole.utils import InputType
 
 from recbole_ci2mg.model.layers.augment import info_nce
-from recbole_ci2mg.model.layers.graph import symmetric_norm_adj
+from recbole_ci2mg.model.layers.graph import lightgcn_layers, symmetric_norm_adj
 
 
 class SimGCL(GeneralRecommender):
@@ -110,14 +109,8 @@ class SimGCL(GeneralRecommender):
     def forward(self, perturbed=False):
         r"""User ``[N_U, d]`` and item ``[N_V, d]`` representations, with noise after every layer if ``perturbed``."""
         embeddings = torch.cat([self.user_embedding.weight, self.item_embedding.weight])
-        layers = []
-        for _ in range(self.n_layers):
-            embeddings = torch.sparse.mm(self.norm_adj_matrix, embeddings)
-            if perturbed:
-                noise = F.normalize(torch.rand_like(embeddings), dim=1) * self.eps
-                embeddings = embeddings + torch.sign(embeddings) * noise
-            layers.append(embeddings)
-        out = torch.stack(layers, dim=1).mean(dim=1)
+        layers = lightgcn_layers(self.norm_adj_matrix, embeddings, self.n_layers, self.eps if perturbed else 0.0)
+        out = torch.stack(layers[1:], dim=1).mean(dim=1)  # layer 0 left out of the readout
         return torch.split(out, [self.n_users, self.n_items])
 
     def calculate_loss(self, interaction):

@@ -253,14 +253,23 @@ def _mean(sums, degree):
     return torch.where((degree > 0).unsqueeze(1), sums / degree.clamp_min(1).unsqueeze(1), 0.0)
 
 
-def lightgcn_layers(norm_adj, embeddings, n_layers):
+def lightgcn_layers(norm_adj, embeddings, n_layers, noise_eps=0.0):
     r"""The LightGCN layers :math:`\hat{A}^l E` for :math:`l = 0..L`, a list of ``L + 1`` ``[n_nodes, d]``.
 
-    Args: as :func:`lightgcn_propagate`.
+    With ``noise_eps`` :math:`\epsilon > 0`, SimGCL's perturbed encoder (Yu et al., SIGIR '22,
+    Eq. 7): after every propagation step each row gets
+    :math:`\Delta_n = \epsilon \, \bar{\Delta}_n / \|\bar{\Delta}_n\|_2 \odot \operatorname{sign}(E^{(l)}_n)`,
+    :math:`\bar{\Delta}_n \sim U(0, 1)^d` drawn afresh (torch's generator), and the noise enters
+    the next step. Layer 0 is left as it is.
+
+    Args: as :func:`lightgcn_propagate`, and ``noise_eps`` (float, :math:`\ge 0`).
     """
     layers = [embeddings]
     for _ in range(n_layers):
         embeddings = norm_adj @ embeddings
+        if noise_eps:
+            noise = torch.nn.functional.normalize(torch.rand_like(embeddings), dim=1) * noise_eps
+            embeddings = embeddings + torch.sign(embeddings) * noise
         layers.append(embeddings)
     return layers
 
