@@ -115,7 +115,7 @@ class CI2MGS(CI2MG):
     weighted by ``graph_contrast_reg``, with :math:`\tau` = ``ssl_temp`` and one step of
     :math:`S` (``item_graph_layers`` is for ``propagate``).
 
-    The noise-contrastive loss of ``id_noise_contrast`` is SimGCL's Eq. 8 on this
+    The noise-contrastive loss of ``id_noise_contrast`` is SimGCL's InfoNCE on this
     model's own ID embeddings: :math:`x'_n` and :math:`x''_n` are Eq. 2's
     embeddings (with the graph term of ``propagate``) computed twice, each with
     SimGCL's noise after every LightGCN step

@@ -256,8 +256,8 @@ def _mean(sums, degree):
 def lightgcn_layers(norm_adj, embeddings, n_layers, noise_eps=0.0):
     r"""The LightGCN layers :math:`\hat{A}^l E` for :math:`l = 0..L`, a list of ``L + 1`` ``[n_nodes, d]``.
 
-    With ``noise_eps`` :math:`\epsilon > 0`, SimGCL's perturbed encoder (Yu et al., SIGIR '22,
-    Eq. 7): after every propagation step each row gets
+    With ``noise_eps`` :math:`\epsilon > 0`, SimGCL's perturbed encoder (Yu et al., SIGIR '22):
+    after every propagation step each row gets
     :math:`\Delta_n = \epsilon \, \bar{\Delta}_n / \|\bar{\Delta}_n\|_2 \odot \operatorname{sign}(E^{(l)}_n)`,
     :math:`\bar{\Delta}_n \sim U(0, 1)^d` drawn afresh (torch's generator), and the noise enters
     the next step. Layer 0 is left as it is.
