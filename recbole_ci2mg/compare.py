@@ -33,6 +33,7 @@ of the comparison must know it (:mod:`recbole_ci2mg.settings`), and a
 """
 
 import argparse
+import json
 import os
 import platform
 import sys
@@ -41,12 +42,13 @@ import time
 from time import perf_counter
 
 import torch
+import yaml
 
 from recbole_ci2mg.claims import describe, take_claim
 from recbole_ci2mg.data import EMBEDDED_DATASET
 from recbole_ci2mg.data.fingerprint import data_fingerprint, fingerprint_changes
 from recbole_ci2mg.data.masks import check_mask_source
-from recbole_ci2mg.quick_start import build_config, run_recbole
+from recbole_ci2mg.quick_start import build_config, properties_files, run_recbole
 from recbole_ci2mg.registry import get_model
 from recbole_ci2mg.results import (
     ResultsFileError,
@@ -181,6 +183,34 @@ def run_fingerprint(run):
     return data_fingerprint(config)
 
 
+# keys of the project's YAML files that say where a run reads and writes, or how fast it runs, not what it learns
+# (a mask file's content is in data_fingerprint)
+SETTINGS_NOT_COMPARED = ("data_path", "checkpoint_dir", "torch_threads", "eval_batch_size", "mask_file")
+
+
+def run_settings(run):
+    r"""What a planned run trains with: the value of every key that ``overall.yaml`` and the model's own
+    YAML files set (so the model's defaults, after the run's files and overrides), as JSON values.
+
+    Recorded as ``settings``, so that a record trained before a default changed is not taken for a
+    run of the new default (:func:`check_data`).
+    """
+    config = build_config(run["model"], run["dataset"], run["config_files"] or None, run_config_dict(run))
+    files = [Path(f) for f in properties_files(get_model(run["model"]), run["dataset"])]
+    keys = set()
+    for path in files:
+        if path.parent.name != "dataset":  # the dataset's own file: its data, covered by data_fingerprint
+            keys |= set(yaml.safe_load(path.read_text()) or {})
+    values = {key: config[key] for key in sorted(keys - set(SETTINGS_NOT_COMPARED))}
+    return json.loads(json.dumps(values, default=str))
+
+
+def settings_changes(recorded, current):
+    """The keys set in both whose value differs, as ``key (then -> now)`` phrases (a key added since is not compared)."""
+    return [f"{key} ({recorded[key]!r} -> {current[key]!r})" for key in sorted(set(recorded) & set(current))
+            if recorded[key] != current[key]]
+
+
 def train(run, results):
     r"""Train and test one planned run through :func:`recbole_ci2mg.quick_start.run_recbole`; its record.
 
@@ -203,6 +233,7 @@ def train(run, results):
         machine=machine(),
         saved_model_file=result.get("saved_model_file"),
         data_fingerprint=run_fingerprint(run),
+        settings=run_settings(run),
     )
     record["test_segments"] = getattr(result["test_result"], "segments", None)
     per_user = getattr(result["test_result"], "per_user", None)
@@ -215,35 +246,51 @@ def describe_run(run):
 
 
 def check_data(runs, records, results):
-    r"""Refuse records of ``runs`` trained on other data than the dataset holds now.
+    r"""Refuse records of ``runs`` trained on other data than the dataset holds now, or with other settings.
 
     Compares each record's ``data_fingerprint`` with the data its run reads
-    now. Records written before fingerprints were kept cannot be checked; they
-    are reused as before, with a warning.
+    now, and its ``settings`` with :func:`run_settings` now (a model default
+    changed since). Records written before fingerprints or settings were kept
+    cannot be checked; they are reused as before, with a warning.
 
     Raises:
-        ResultsFileError: a record's data differs, saying how to keep both results.
+        ResultsFileError: a record's data or settings differ, saying how to keep both results.
     """
-    changed, unverified = [], []
+    changed, resettled, unverified, unsettled = [], [], [], []
     for run in runs:
         record = records.get(record_key(run))
         if record is None:
             continue
+        if record.get("settings") is None:
+            unsettled.append(run)
+        else:
+            changes = settings_changes(record["settings"], run_settings(run))
+            if changes:
+                resettled.append((run, changes))
         if record.get("data_fingerprint") is None:
             unverified.append(run)
             continue
         changes = fingerprint_changes(record["data_fingerprint"], run_fingerprint(run))
         if changes:
             changed.append((run, changes))
-    if changed:
-        run, changes = changed[0]
-        others = f" (and {len(changed) - 1} more run(s) of this comparison)" if len(changed) > 1 else ""
-        keep = Path(results).with_name(Path(results).stem + "-new.jsonl")
-        raise ResultsFileError(
-            f"{results} holds {describe_run(run)}{others} trained on other data than the dataset has now: "
-            f"{'; '.join(changes)}. The comparison stops rather than report old results for the new data. "
-            f"To keep both, run it with another results file (e.g. --results={keep}); to train again in "
-            f"{results}, delete the old records from it."
+    keep = Path(results).with_name(Path(results).stem + "-new.jsonl")
+    advice = (f"To keep both, run it with another results file (e.g. --results={keep}); to train again in "
+              f"{results}, delete the old records from it.")
+    for found, what, new in ((changed, "on other data than the dataset has now", "the new data"),
+                             (resettled, "with other settings than its YAML files give now", "the new settings")):
+        if found:
+            run, changes = found[0]
+            others = f" (and {len(found) - 1} more run(s) of this comparison)" if len(found) > 1 else ""
+            raise ResultsFileError(
+                f"{results} holds {describe_run(run)}{others} trained {what}: {'; '.join(changes)}. "
+                f"The comparison stops rather than report old results for {new}. {advice}"
+            )
+    if unsettled:
+        print(
+            f"Warning: {len(unsettled)} run(s) of this comparison are reused from {results} without their "
+            f"settings (recorded before settings were kept), so whether a default of their model changed "
+            f"since cannot be checked; delete their lines to train them again (e.g. {describe_run(unsettled[0])}).",
+            file=sys.stderr, flush=True,
         )
     if unverified:
         print(

@@ -176,6 +176,42 @@ def test_a_rerun_on_changed_data_is_refused_not_skipped(tmp_path, monkeypatch, c
     assert len(calls) == 4 and len(read_records("out/runs.jsonl")) == len(read_records("out/runs-new.jsonl")) == 2
 
 
+def test_a_rerun_with_changed_settings_is_refused_not_skipped(tmp_path, monkeypatch, capsys):
+    config = tiny_comparison(tmp_path)
+    calls = []
+    monkeypatch.setattr(compare, "run_recbole", fake_run_recbole(calls))
+    compare.main(comparison_of(config))
+    record = read_records(tmp_path / "out" / "runs.jsonl")[0]
+    assert record["settings"]["stopping_step"] == 10 and record["settings"]["train_batch_size"] == 2048
+    assert "data_path" not in record["settings"]  # where the data lies is not what a run learns
+    compare.main(comparison_of(config))
+    assert len(calls) == 2
+    capsys.readouterr()
+
+    config.write_text(yaml.safe_dump({**yaml.safe_load(config.read_text()), "stopping_step": 3}))
+    with pytest.raises(SystemExit):
+        compare.main(comparison_of(config))
+    error = capsys.readouterr().err
+    assert re.search(r"out/runs.jsonl holds BPR seed 1 missing 0 .*\(and 1 more run\(s\) of this comparison\) "
+                     r"trained with other settings than its YAML files give now: stopping_step \(10 -> 3\)", error), error
+    assert len(calls) == 2
+
+
+def test_records_without_settings_are_reused_with_a_warning(tmp_path, monkeypatch, capsys):
+    config = tiny_comparison(tmp_path)
+    calls = []
+    monkeypatch.setattr(compare, "run_recbole", fake_run_recbole(calls))
+    compare.main(comparison_of(config))
+    results = tmp_path / "out" / "runs.jsonl"
+    old = [{k: v for k, v in record.items() if k != "settings"} for record in read_records(results)]
+    results.write_text("".join(json.dumps(record) + "\n" for record in old))
+    capsys.readouterr()
+    compare.main(comparison_of(config))
+    assert len(calls) == 2
+    assert "Warning: 2 run(s) of this comparison are reused from out/runs.jsonl without their settings" in \
+        capsys.readouterr().err
+
+
 def test_the_same_data_in_another_folder_matches_its_records(tmp_path, monkeypatch):
     config = tiny_comparison(tmp_path)
     calls = []
