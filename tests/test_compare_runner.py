@@ -197,21 +197,6 @@ def test_a_rerun_with_changed_settings_is_refused_not_skipped(tmp_path, monkeypa
     assert len(calls) == 2
 
 
-def test_records_without_settings_are_reused_with_a_warning(tmp_path, monkeypatch, capsys):
-    config = tiny_comparison(tmp_path)
-    calls = []
-    monkeypatch.setattr(compare, "run_recbole", fake_run_recbole(calls))
-    compare.main(comparison_of(config))
-    results = tmp_path / "out" / "runs.jsonl"
-    old = [{k: v for k, v in record.items() if k != "settings"} for record in read_records(results)]
-    results.write_text("".join(json.dumps(record) + "\n" for record in old))
-    capsys.readouterr()
-    compare.main(comparison_of(config))
-    assert len(calls) == 2
-    assert "Warning: 2 run(s) of this comparison are reused from out/runs.jsonl without their settings" in \
-        capsys.readouterr().err
-
-
 def test_the_same_data_in_another_folder_matches_its_records(tmp_path, monkeypatch):
     config = tiny_comparison(tmp_path)
     calls = []
@@ -223,19 +208,23 @@ def test_the_same_data_in_another_folder_matches_its_records(tmp_path, monkeypat
     assert len(calls) == 2
 
 
-def test_records_without_a_fingerprint_are_reused_with_a_warning(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("field, warning", [
+    ("data_fingerprint", "without a data_fingerprint"),
+    ("settings", "without their settings"),
+])
+def test_records_without_a_fingerprint_or_settings_are_reused_with_a_warning(tmp_path, monkeypatch, capsys, field,
+                                                                               warning):
     config = tiny_comparison(tmp_path)
     calls = []
     monkeypatch.setattr(compare, "run_recbole", fake_run_recbole(calls))
     compare.main(comparison_of(config))
     results = tmp_path / "out" / "runs.jsonl"
-    old = [{k: v for k, v in record.items() if k != "data_fingerprint"} for record in read_records(results)]
+    old = [{k: v for k, v in record.items() if k != field} for record in read_records(results)]
     results.write_text("".join(json.dumps(record) + "\n" for record in old))
     capsys.readouterr()
     compare.main(comparison_of(config))
     assert len(calls) == 2
-    assert "Warning: 2 run(s) of this comparison are reused from out/runs.jsonl without a data_fingerprint" in \
-        capsys.readouterr().err
+    assert f"Warning: 2 run(s) of this comparison are reused from out/runs.jsonl {warning}" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
