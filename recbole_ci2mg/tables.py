@@ -16,6 +16,7 @@ rates, a PNG of test Recall@20 against the rate (the paper's Figure 3).
 
 import csv
 import json
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -350,12 +351,13 @@ def plot_missing_rates(rows, path):
                 [row["missing_rate"] for row in line],
                 [100 * row["mean"][TEST_METRIC] for row in line],
                 yerr=[100 * (row["std"][TEST_METRIC] or 0.0) for row in line],
-                marker="o", capsize=3, label=label,
+                marker="o", capsize=3, label=textwrap.fill(label, 60),
             )
         axes.set(title=dataset, xlabel="missing rate", ylabel="test Recall@20 (%)")
         axes.grid(alpha=0.3)
-        axes.legend(fontsize="small")
-    figure.savefig(path, dpi=150)
+        # below the panel: a label carries the row's overrides and can be longer than the panel is wide
+        axes.legend(fontsize="small", loc="upper left", bbox_to_anchor=(0.0, -0.2))
+    figure.savefig(path, dpi=150, bbox_inches="tight")
 
 
 def write_tables(records, prefix, results=None):

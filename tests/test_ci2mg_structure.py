@@ -401,6 +401,38 @@ def test_the_noise_contrast_leaves_ncls_terms_on_the_clean_layers(settings):
     torch.testing.assert_close(ours[1:], theirs[1:])  # NCL's structure and prototype terms, unperturbed
 
 
+def test_noise_readout_takes_the_views_from_other_layers_than_the_score(settings):
+    noise = {"item_graph": "none", "score_content": False, "noise_reg": 0.5, "noise_eps": 0.1}
+    mixed, train = built(settings, **noise, id_readout="all", id_noise_contrast=True, noise_readout="propagated")
+    propagated, _ = built(settings, **noise, id_readout="propagated", id_noise_contrast=True)
+    scored_all, _ = built(settings, **noise, id_readout="all", id_noise_contrast=False)
+    scored_propagated, _ = built(settings, **noise, id_readout="propagated", id_noise_contrast=False)
+    for other in (propagated, scored_all, scored_propagated):
+        other.load_state_dict(mixed.state_dict())
+        other.train()
+    mixed.train()
+    batch = next(iter(train))
+    with torch.no_grad():
+        for a, b in zip(mixed.id_embeddings(), scored_all.id_embeddings()):
+            torch.testing.assert_close(a, b)  # the score reads layers 0..L
+        torch.manual_seed(0)
+        ours = mixed.calculate_loss(batch) - scored_all.calculate_loss(batch)
+        torch.manual_seed(0)  # the same draws: the views of SimGCL's readout
+        theirs = propagated.calculate_loss(batch) - scored_propagated.calculate_loss(batch)
+        torch.manual_seed(0)
+        with_layer_0 = built(settings, **noise, id_readout="all", id_noise_contrast=True)[0]
+        with_layer_0.load_state_dict(mixed.state_dict())
+        with_layer_0.train()
+        scored = with_layer_0.calculate_loss(batch) - scored_all.calculate_loss(batch)
+    assert ours > 0
+    torch.testing.assert_close(ours, theirs)
+    assert not torch.isclose(ours, scored)  # the default (scored) keeps layer 0 in the views
+    with pytest.raises(ValueError, match="noise_readout must be one of"):
+        built(settings, id_noise_contrast=True, noise_readout="last")
+    with pytest.raises(ValueError, match="noise_readout propagated reads layers 1..n_layers"):
+        built(settings, id_readout="all", id_noise_contrast=True, noise_readout="propagated", n_layers=0)
+
+
 def test_with_simgcls_readout_and_no_graph_the_noise_contrast_is_simgcl(settings):
     simgcl_settings = {"n_layers": 2, "reg_weight": 1e-3}
     model, train = built(settings, item_graph="none", score_content=False, id_readout="propagated",

@@ -211,10 +211,12 @@ class CI2MG(GeneralRecommender):
         ego = torch.cat([self.user_embedding.weight, self.item_embedding.weight])
         return lightgcn_layers(self.norm_adj_matrix, ego, self.n_layers if n_layers is None else n_layers, noise_eps)
 
-    def id_embeddings(self, noise_eps=0.0):
+    def id_embeddings(self, noise_eps=0.0, readout_from=None):
         r"""Eq. 2: LightGCN over the training graph, ``X^U`` ``[N_U, d]`` and ``X^V`` ``[N_V, d]``
-        (a perturbed view with ``noise_eps``)."""
-        layers = self.id_layers(noise_eps=noise_eps)[self.id_readout_from : self.n_layers + 1]
+        (a perturbed view with ``noise_eps``; the mean from layer ``readout_from``, default
+        ``id_readout_from``)."""
+        start = self.id_readout_from if readout_from is None else readout_from
+        layers = self.id_layers(noise_eps=noise_eps)[start : self.n_layers + 1]
         return torch.split(torch.stack(layers, dim=1).mean(dim=1), [self.n_users, self.n_items])
 
     def scoring_embeddings(self, user_id, item_id, user_views, Z):

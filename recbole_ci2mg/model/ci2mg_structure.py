@@ -214,6 +214,14 @@ class CI2MGS(CI2MG):
             if self.noise_eps <= 0 or self.noise_temp <= 0:
                 raise ValueError(f"{type(self).__name__}: id_noise_contrast needs noise_eps > 0 and noise_temp > 0, "
                                  f"got noise_eps {self.noise_eps}, noise_temp {self.noise_temp}.")
+            noise_readout = setting("noise_readout")
+            if noise_readout != "scored" and noise_readout not in ID_READOUTS:
+                raise ValueError(f"{type(self).__name__}: noise_readout must be one of "
+                                 f"{('scored', *ID_READOUTS)}, got {noise_readout!r}")
+            self.noise_readout_from = self.id_readout_from if noise_readout == "scored" else ID_READOUTS[noise_readout]
+            if self.noise_readout_from > self.n_layers:
+                raise ValueError(f"{type(self).__name__}: noise_readout propagated reads layers 1..n_layers, and "
+                                 f"n_layers is {self.n_layers}: set n_layers to at least 1.")
         k = min(self.item_graph_k, self.n_items)
         shape = (self.n_modalities, self.n_items, k)
         self.register_buffer("graph_neighbours", torch.zeros(shape, dtype=torch.long))  # [M, N_V, k]
@@ -348,13 +356,14 @@ class CI2MGS(CI2MG):
     def noise_contrast_loss(self, users, items):
         r""":math:`\mathcal{L}_N` (class docstring) over the distinct ``users`` and ``items`` ``[B]`` of a batch."""
         users, items = torch.unique(users), torch.unique(items)
-        (user_1, item_1), (user_2, item_2) = self.id_embeddings(self.noise_eps), self.id_embeddings(self.noise_eps)
+        views = partial(self.id_embeddings, self.noise_eps, self.noise_readout_from)
+        (user_1, item_1), (user_2, item_2) = views(), views()
         return info_nce(user_1[users], user_2[users], self.noise_temp) + info_nce(
             item_1[items], item_2[items], self.noise_temp
         )
 
-    def id_embeddings(self, noise_eps=0.0):
-        user_id, item_id = super().id_embeddings(noise_eps)
+    def id_embeddings(self, noise_eps=0.0, readout_from=None):
+        user_id, item_id = super().id_embeddings(noise_eps, readout_from)
         if self.item_graph == "none" or self.item_graph_role == "contrast" or not bool(self.graph_built):
             return user_id, item_id
         propagated = self.item_embedding.weight
