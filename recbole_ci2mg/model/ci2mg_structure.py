@@ -101,7 +101,9 @@ class CI2MGS(CI2MG):
     - ``id_noise_contrast``: SimGCL's contrastive loss (Yu et al., SIGIR '22,
       another stronger ID objective): an InfoNCE between two views of the ID
       embeddings that differ only by random noise of norm ``noise_eps`` added
-      after every propagation step of Eq. 2 (below).
+      after every propagation step of Eq. 2 (below). ``noise_readout``: the
+      layers the two views average, those of the score (``scored``) or
+      ``all`` / ``propagated`` whatever the score reads.
 
     The graph-contrastive loss of ``item_graph_role: contrast`` is NCL's
     structure-contrastive InfoNCE (its Eq. 7) with the item's graph
