@@ -86,11 +86,13 @@ def summarise(records, results=None):
         ``cold_counts`` (the (users, interactions) of the cold segment),
         ``best`` (metrics whose best mean in the section this is),
         ``seconds``, ``best_epochs``, ``scores`` (seed-averaged per-user
-        test Recall@20, or None), ``common`` (the overrides every row of the
+        test Recall@20, or None), ``per_seed`` (seed -> that run's per-user
+        scores, or None), ``common`` (the overrides every row of the
         dataset shares, left out of the labels), ``reference`` (the section's
-        first row's label), ``p`` and ``n_users`` (Wilcoxon test against it;
-        p is None where untestable) and ``test_status`` ("reference",
-        "tested", "no per-user scores" or "no difference"). A section is one
+        first row's label), ``p``, ``n_users`` and ``test_seeds`` (Wilcoxon
+        test against it over the seeds both rows have; p is None where
+        untestable) and ``test_status`` ("reference", "tested", "no per-user
+        scores", "no common seed" or "no difference"). A section is one
         dataset at one missing rate.
     """
     # The latest record of a run wins if a file holds it twice.
@@ -133,6 +135,7 @@ def _row(group, results):
         "seconds": float(np.mean(seconds)) if seconds else None,
         "best_epochs": [r.get("best_epoch") for r in group],
         "scores": pooled_scores(per_user) if all(p is not None for p in per_user) else None,
+        "per_seed": dict(zip((r["seed"] for r in group), per_user)) if all(p is not None for p in per_user) else None,
         "cold_counts": sorted({(c["users"], c["interactions"]) for c in cold if c}),
     }
 
@@ -185,16 +188,23 @@ def _mark_best(section):
 
 
 def _test_against_first(section):
+    r"""Each row's Wilcoxon test against the section's first row, on per-user scores averaged over
+    the seeds both rows have: a mean over three seeds against one seed's scores would differ in
+    spread alone, and the signed-rank test would read that as a difference."""
     reference = section[0]
     for row in section:
         row["reference"] = reference["label"]
-        row["p"], row["n_users"] = None, None
+        row["p"], row["n_users"], row["test_seeds"] = None, None, []
         if row is reference:
             row["test_status"] = "reference"
-        elif reference["scores"] is None or row["scores"] is None:
+        elif reference["per_seed"] is None or row["per_seed"] is None:
             row["test_status"] = "no per-user scores"
+        elif not set(reference["per_seed"]) & set(row["per_seed"]):
+            row["test_status"] = "no common seed"
         else:
-            row["p"], row["n_users"] = paired_wilcoxon(reference["scores"], row["scores"])
+            row["test_seeds"] = sorted(set(reference["per_seed"]) & set(row["per_seed"]))
+            pooled = [pooled_scores([r["per_seed"][seed] for seed in row["test_seeds"]]) for r in (reference, row)]
+            row["p"], row["n_users"] = paired_wilcoxon(*pooled)
             row["test_status"] = "tested" if row["p"] is not None else "no difference"
 
 
@@ -211,6 +221,7 @@ def _p_cell(row):
         "reference": "—",
         "no per-user scores": "n/a",
         "no difference": "n/a (equal)",
+        "no common seed": "n/a (no common seed)",
     }.get(row["test_status"]) or f"{row['p']:.2g}"
 
 
@@ -252,9 +263,10 @@ def footnote(rows):
         f"Wilcoxon p: two-sided Wilcoxon signed-rank test (scipy.stats.wilcoxon, zero differences "
         f"dropped) of the per-user test Recall@20 of the first row at the same missing rate "
         f"({', '.join(references)}) against this row's, paired by user over the test users both "
-        f"have{tested_users}; each row's per-user score is the mean over "
-        f"its seeds of that user's Recall@20. —: the reference row; n/a: per-user scores not "
-        f"recorded for this row or the reference; n/a (equal): every user's score is the same.",
+        f"have{tested_users}; each user's score is the mean of that user's Recall@20 over the seeds "
+        f"both rows have (a row with fewer seeds than the first is tested on those alone). —: the "
+        f"reference row; n/a: per-user scores not recorded for this row or the reference; n/a "
+        f"(equal): every user's score is the same; n/a (no common seed): the two rows share no seed.",
     ]
     if _shown_metrics(rows) != METRICS:
         counts = sorted({count for row in rows for count in row["cold_counts"]})
@@ -308,7 +320,7 @@ def write_csv(rows, path):
     fields = ["dataset", "missing_rate", "model", "label", "overrides", "seeds"]
     fields += [f"{m}_{stat}" for m in COLUMNS for stat in ("mean", "std")]
     fields += ["cold_test_users", "best", "train_epoch_seconds", "best_epochs", "wilcoxon_reference", "wilcoxon_p",
-               "wilcoxon_users", "wilcoxon_status"]
+               "wilcoxon_users", "wilcoxon_seeds", "wilcoxon_status"]
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fields)
         writer.writeheader()
@@ -328,6 +340,7 @@ def write_csv(rows, path):
                 "wilcoxon_reference": row["reference"],
                 "wilcoxon_p": row["p"],
                 "wilcoxon_users": row["n_users"],
+                "wilcoxon_seeds": ";".join(map(str, row["test_seeds"])),
                 "wilcoxon_status": row["test_status"],
             })
 

@@ -204,6 +204,30 @@ def test_table_shows_mean_std_best_and_what_lacks_per_user_scores(tmp_path):
     assert "| 0.3 | C | 1 | 1.00 | 1.00 | 0.10 | 2.00 | 1 | n/a |" in lines
 
 
+def test_wilcoxon_uses_only_the_seeds_both_rows_have(tmp_path):
+    # A three-seed mean against one seed's 0/1 scores differs in spread alone; the test must
+    # pair the reference's seed-1 scores with the one-seed row's, and skip a row with no seed in common.
+    results = tmp_path / "runs.jsonl"
+    users = np.array([str(u) for u in range(200)])
+    rng = np.random.default_rng(2)
+    scores = {}
+    records = [fake_record("A", s, 0.1, 0.1) for s in (1, 2, 3)] + [fake_record("B", 1, 0.1, 0.1),
+                                                                     fake_record("C", 4, 0.1, 0.1)]
+    for record in records:
+        scores[record["model"], record["seed"]] = (rng.random(200) < 0.1).astype(float)
+        record["per_user_file"] = save_per_user(results, record, {"user_id": users, "recall@20": scores[
+            record["model"], record["seed"]]})
+    rows = {row["model"]: row for row in summarise(records, results)}
+
+    expected = wilcoxon(scores["A", 1], scores["B", 1]).pvalue
+    assert rows["B"]["test_seeds"] == [1] and rows["B"]["p"] == pytest.approx(expected)
+    pooled_a = np.mean([scores["A", s] for s in (1, 2, 3)], axis=0)
+    assert rows["B"]["p"] != pytest.approx(wilcoxon(pooled_a, scores["B", 1]).pvalue)
+    assert rows["C"]["p"] is None and rows["C"]["test_status"] == "no common seed"
+    c_line = next(line for line in markdown(list(rows.values())).splitlines() if line.startswith("| 0.3 | C |"))
+    assert c_line.endswith("| n/a (no common seed) |")
+
+
 def test_a_relabelled_record_keeps_its_per_user_scores(tmp_path):
     # A default changed, so an old record got the old setting written into its
     # overrides; a new run at the new default then has the old record's former
