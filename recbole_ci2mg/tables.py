@@ -85,9 +85,8 @@ def summarise(records, results=None):
         value, for :data:`COLUMNS`; None where no record has it),
         ``cold_counts`` (the (users, interactions) of the cold segment),
         ``best`` (metrics whose best mean in the section this is),
-        ``seconds``, ``best_epochs``, ``scores`` (seed-averaged per-user
-        test Recall@20, or None), ``per_seed`` (seed -> that run's per-user
-        scores, or None), ``common`` (the overrides every row of the
+        ``seconds``, ``best_epochs``, ``per_seed`` (seed -> that run's
+        per-user scores, or None), ``common`` (the overrides every row of the
         dataset shares, left out of the labels), ``reference`` (the section's
         first row's label), ``p``, ``n_users`` and ``test_seeds`` (Wilcoxon
         test against it over the seeds both rows have; p is None where
@@ -134,7 +133,6 @@ def _row(group, results):
         "std": {m: float(np.std(v, ddof=1)) if len(v) > 1 else None for m, v in values.items()},
         "seconds": float(np.mean(seconds)) if seconds else None,
         "best_epochs": [r.get("best_epoch") for r in group],
-        "scores": pooled_scores(per_user) if all(p is not None for p in per_user) else None,
         "per_seed": dict(zip((r["seed"] for r in group), per_user)) if all(p is not None for p in per_user) else None,
         "cold_counts": sorted({(c["users"], c["interactions"]) for c in cold if c}),
     }
@@ -199,10 +197,10 @@ def _test_against_first(section):
             row["test_status"] = "reference"
         elif reference["per_seed"] is None or row["per_seed"] is None:
             row["test_status"] = "no per-user scores"
-        elif not set(reference["per_seed"]) & set(row["per_seed"]):
+        elif not (shared := sorted(set(reference["per_seed"]) & set(row["per_seed"]))):
             row["test_status"] = "no common seed"
         else:
-            row["test_seeds"] = sorted(set(reference["per_seed"]) & set(row["per_seed"]))
+            row["test_seeds"] = shared
             pooled = [pooled_scores([r["per_seed"][seed] for seed in row["test_seeds"]]) for r in (reference, row)]
             row["p"], row["n_users"] = paired_wilcoxon(*pooled)
             row["test_status"] = "tested" if row["p"] is not None else "no difference"
