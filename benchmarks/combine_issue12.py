@@ -118,3 +118,12 @@ write("tiktok_sweep_noise_all.jsonl", sorted(sweep_noise, key=lambda r: r["missi
 # Sports at 90 % missing: CI2MG-S at its new defaults (given as overrides), tuned SimGCL, the earlier Sports runs
 write("sports_missing0.9_noise_all.jsonl", read("sports_missing0.9_noise.jsonl") + read("sports_missing0.9_simgcl.jsonl")
       + read("sports_missing0.9_issue12.jsonl"))
+
+# the layer-0 gate by degree (empty rows, layer0_gate degree, layer0_gate_degree 200, given as overrides) first, at 90 % missing, beside the rows of the tables above; data_path left out of the labels
+gate = lambda c: (lambda r: r["overrides"].get("layer0_gate") == "degree"  # noqa: E731
+                  and r["overrides"].get("layer0_gate_degree") == c)
+no_path = lambda rs: [{**r, "overrides": {k: v for k, v in r["overrides"].items() if k != "data_path"}} for r in rs]  # noqa: E731
+write("tiktok_missing0.9_gate_all.jsonl", no_path(read("tiktok_missing0.9_gate_screen.jsonl", gate(200))
+                                                   + noise_graph + noise_control + best_id))
+write("ml-100k-mm_missing0.9_gate_all.jsonl", read("ml-100k-mm_missing0.9_gate_screen.jsonl", gate(200))
+      + read("ml-100k-mm_missing0.9_gate_screen.jsonl", gate(100)) + ml_self + [r for r in ml if r not in ml_self])

@@ -30,7 +30,7 @@ def settings(tmp_path):
 
 
 # CI²MG's Eq. 2 trained with BPR alone (CI²MG-S's defaults before SimGCL's objective became one)
-BPR_EQ2 = {"id_noise_contrast": False, "id_readout": "all", "n_layers": 2}
+BPR_EQ2 = {"id_noise_contrast": False, "id_readout": "all", "n_layers": 2, "layer0_gate": "none"}
 
 
 def built(settings, model="CI2MG-S", **overrides):
@@ -64,7 +64,7 @@ def test_without_graph_and_with_content_it_is_ci2mg(settings):
 
 
 def test_the_raw_graph_links_observed_items_and_leaves_missing_ones_alone(settings):
-    model, _ = built(settings, item_graph="raw")
+    model, _ = built(settings, item_graph="raw", item_graph_missing="self")
     assert bool(model.graph_built)
     for m in range(model.n_modalities):
         observed = torch.zeros(model.n_items, dtype=torch.bool)
@@ -159,7 +159,7 @@ def test_the_generated_graph_keeps_the_generation_branch(settings):
 
 
 def test_without_self_loops_an_item_missing_every_modality_keeps_its_id_embedding(settings):
-    model, _ = built(settings, item_graph="raw", item_graph_missing="none", score_content=False)
+    model, _ = built(settings, layer0_gate="none", item_graph="raw", item_graph_missing="none", score_content=False)
     observed = torch.zeros(model.n_modalities, model.n_items, dtype=torch.bool)
     for m in range(model.n_modalities):
         observed[m, model.content.observed_index(m)] = True
@@ -173,12 +173,12 @@ def test_without_self_loops_an_item_missing_every_modality_keeps_its_id_embeddin
         items = model.id_embeddings()[1]
     torch.testing.assert_close(items[missing_everywhere], lightgcn_items[missing_everywhere])
     with pytest.raises(ValueError, match="item_graph_missing must be one of"):
-        built(settings, item_graph_missing="loops")
+        built(settings, layer0_gate="none", item_graph_missing="loops")
 
 
 def test_the_id_contrast_is_ncls_losses_on_the_same_embeddings(settings):
     ncl_settings = {"ssl_temp": 0.2, "ssl_reg": 1e-3, "proto_reg": 1e-2, "num_clusters": 4, "n_layers": 2}
-    model, train = built(settings, item_graph="none", score_content=False, id_contrast=True, ssl_alpha=0.5,
+    model, train = built(settings, layer0_gate="none", item_graph="none", score_content=False, id_contrast=True, ssl_alpha=0.5,
                          ssl_hyper_layers=1, id_noise_contrast=False, id_readout="all", **ncl_settings)
     config = build_config("NCL", "tiny", config_dict={"missing_rate": 0.5, **settings, **ncl_settings, "alpha": 0.5,
                                                        "hyper_layers": 1})
@@ -285,8 +285,8 @@ def test_an_unseen_item_is_its_graph_neighbours_alone(tmp_path):
     splits["train"] = [(u, i) for u, i in splits["train"] if i not in unseen]
     v = np.eye(4, dtype=np.float32)[clusters] + 0.01 * np.random.default_rng(1).standard_normal((40, 4)).astype(np.float32)
     settings = write_benchmark(tmp_path / "data", "tiny", splits, {"v": (v, None)})
-    own, train = built(settings, item_graph="raw", score_content=False, missing_rate=0.0)
-    graph, _ = built(settings, item_graph="raw", score_content=False, missing_rate=0.0, unseen_items="graph")
+    own, train = built(settings, layer0_gate="none", item_graph="raw", score_content=False, missing_rate=0.0)
+    graph, _ = built(settings, layer0_gate="none", item_graph="raw", score_content=False, missing_rate=0.0, unseen_items="graph")
     ids = torch.as_tensor(train._dataset.token2id("item_id", [str(i) for i in unseen]))
     assert not graph.seen_items[ids].any() and graph.seen_items[1:].sum() == graph.n_items - 1 - len(unseen)
     items = graph.id_embeddings()[1]
@@ -299,7 +299,7 @@ def test_an_unseen_item_is_its_graph_neighbours_alone(tmp_path):
     lightgcn = CI2MG.id_embeddings(own)[1].detach()  # seen items: Eq. 2 plus the graph over seen neighbours
     torch.testing.assert_close(items.detach(), lightgcn * graph.seen_items + (adjacency @ seen_weights).detach())
     with pytest.raises(ValueError, match="unseen_items graph"):
-        built(settings, item_graph="none", unseen_items="graph")
+        built(settings, layer0_gate="none", item_graph="none", unseen_items="graph")
 
 
 def test_the_neighbour_reading_tells_content_neighbours_from_random_ones(settings):
@@ -351,8 +351,8 @@ def test_a_contrast_graph_leaves_the_score_alone_and_adds_its_infonce(settings):
 
 def test_the_noise_contrast_is_simgcls_infonce_on_the_scored_embeddings(settings):
     graph = {"item_graph": "raw", "item_graph_missing": "none", "score_content": False, "id_readout": "all"}
-    model, train = built(settings, **graph, id_noise_contrast=True, noise_reg=0.5, noise_eps=0.1, noise_temp=0.2)
-    plain, _ = built(settings, **graph, id_noise_contrast=False)
+    model, train = built(settings, layer0_gate="none", **graph, id_noise_contrast=True, noise_reg=0.5, noise_eps=0.1, noise_temp=0.2)
+    plain, _ = built(settings, layer0_gate="none", **graph, id_noise_contrast=False)
     plain.load_state_dict(model.state_dict())
     batch = next(iter(train))
     model.train()
@@ -381,7 +381,7 @@ def test_the_noise_contrast_is_simgcls_infonce_on_the_scored_embeddings(settings
             expected = expected + sum(terms) / len(distinct)
     torch.testing.assert_close(loss, bpr + 0.5 * expected)
     with pytest.raises(ValueError, match="id_noise_contrast needs noise_eps > 0"):
-        built(settings, id_noise_contrast=True, noise_eps=0.0)
+        built(settings, layer0_gate="none", id_noise_contrast=True, noise_eps=0.0)
 
 
 def test_the_noise_contrast_leaves_ncls_terms_on_the_clean_layers(settings):
@@ -435,7 +435,7 @@ def test_noise_readout_takes_the_views_from_other_layers_than_the_score(settings
 
 def test_with_simgcls_readout_and_no_graph_the_noise_contrast_is_simgcl(settings):
     simgcl_settings = {"n_layers": 2, "reg_weight": 1e-3}
-    model, train = built(settings, item_graph="none", score_content=False, id_readout="propagated",
+    model, train = built(settings, layer0_gate="none", item_graph="none", score_content=False, id_readout="propagated",
                          id_noise_contrast=True, noise_reg=0.3, noise_eps=0.2, noise_temp=0.5, **simgcl_settings)
     config = build_config("SimGCL", "tiny", config_dict={"missing_rate": 0.5, **settings, **simgcl_settings,
                                                           "cl_weight": 0.3, "eps": 0.2, "cl_temperature": 0.5})
@@ -454,6 +454,36 @@ def test_with_simgcls_readout_and_no_graph_the_noise_contrast_is_simgcl(settings
     simgcl.eval()
     torch.testing.assert_close(both_scores(model)[0], both_scores(simgcl)[0])
     with pytest.raises(ValueError, match="id_readout must be one of"):
-        built(settings, id_readout="last")
+        built(settings, layer0_gate="none", id_readout="last")
     with pytest.raises(ValueError, match="id_readout propagated reads layers 1..n_layers"):
-        built(settings, id_readout="propagated", n_layers=0)
+        built(settings, layer0_gate="none", id_readout="propagated", n_layers=0)
+
+
+def test_layer0_gate_adds_each_nodes_own_embedding_by_its_training_degree(settings):
+    common = {"item_graph": "none", "score_content": False, "id_readout": "propagated", "id_noise_contrast": False}
+    gated, train = built(settings, **common, layer0_gate="degree", layer0_gate_degree=4.0)
+    plain, _ = built(settings, **common, layer0_gate="none")
+    plain.load_state_dict(gated.state_dict())
+    matrix = train._dataset.inter_matrix(form="csr")
+    user_degree = torch.tensor(np.asarray(matrix.sum(axis=1)).ravel(), dtype=torch.float32)
+    item_degree = torch.tensor(np.asarray(matrix.sum(axis=0)).ravel(), dtype=torch.float32)
+    assert item_degree[0] == 0 and (user_degree[1:] > 0).all()  # padding item 0: no weight at all
+    with torch.no_grad():
+        (user_g, item_g), (user_p, item_p) = gated.id_embeddings(), plain.id_embeddings()
+    expected_user = user_p + (user_degree / (user_degree + 4.0)).unsqueeze(1) * gated.user_embedding.weight
+    expected_item = item_p + (item_degree / (item_degree + 4.0)).unsqueeze(1) * gated.item_embedding.weight
+    torch.testing.assert_close(user_g, expected_user)
+    torch.testing.assert_close(item_g, expected_item)
+    torch.testing.assert_close(item_g[0], item_p[0])
+    constant, _ = built(settings, **common, layer0_gate="constant", layer0_gate_weight=0.3)
+    constant.load_state_dict(gated.state_dict())
+    with torch.no_grad():
+        user_c, item_c = constant.id_embeddings()
+    torch.testing.assert_close(user_c, user_p + 0.3 * gated.user_embedding.weight)
+    torch.testing.assert_close(item_c, item_p + 0.3 * gated.item_embedding.weight)
+    with pytest.raises(ValueError, match="layer0_gate must be one of"):
+        built(settings, layer0_gate="always")
+    with pytest.raises(ValueError, match="layer0_gate_degree must be > 0"):
+        built(settings, layer0_gate="degree", layer0_gate_degree=0)
+    with pytest.raises(ValueError, match="layer0_gate_weight must be > 0"):
+        built(settings, layer0_gate="constant", layer0_gate_weight=-1)

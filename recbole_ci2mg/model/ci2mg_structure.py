@@ -9,6 +9,7 @@ whose item-item kNN graphs this model builds from CI²MG's *generated* modalitie
 
 from functools import partial
 
+import numpy as np
 import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
@@ -25,6 +26,7 @@ GRAPH_MISSING = ("self", "none")
 UNSEEN_ITEMS = ("own", "graph")
 GRAPH_ROLES = ("propagate", "contrast")
 ID_READOUTS = {"all": 0, "propagated": 1}  # the first LightGCN layer Eq. 2's mean reads
+LAYER0_GATES = ("none", "degree", "constant")
 
 
 class CI2MGS(CI2MG):
@@ -56,8 +58,8 @@ class CI2MGS(CI2MG):
     Switches (each an ablation row; the YAML says which default was chosen on what):
 
     - ``item_graph``: ``none`` (CI²MG's Eq. 13), ``raw`` (the standardised
-      features; an item missing modality ``m`` has only its self-loop in
-      :math:`A_m`, built once), or ``generated`` (:math:`Z^m`, Eq. 11, of every
+      features; an item missing modality ``m`` has at most its self-loop in
+      :math:`A_m`, ``item_graph_missing``; built once), or ``generated`` (:math:`Z^m`, Eq. 11, of every
       item, rebuilt at the start of every training epoch from the model in
       evaluation mode, so no training state is drawn; first when the model
       is built, from the initialised :math:`Z^m`, random projections of the
@@ -104,6 +106,14 @@ class CI2MGS(CI2MG):
       after every propagation step of Eq. 2 (below). ``noise_readout``: the
       layers the two views average, those of the score (``scored``) or
       ``all`` / ``propagated`` whatever the score reads.
+    - ``layer0_gate``: ``degree`` adds a node's own layer-0 embedding to Eq. 2's
+      mean, weighted by its training degree, :math:`X_n \mathrel{+}= \frac{d_n}{d_n + c}
+      E_n` with :math:`c` = ``layer0_gate_degree`` (the degree at which half of it
+      is kept), for the score and both noise views; ``none`` adds nothing. A
+      node with many interactions keeps the embedding they trained, one with
+      few is read from its neighbours (``propagated``'s readout). ``constant``
+      weights every node's alike, by ``layer0_gate_weight`` (the degree's
+      ablation).
 
     The graph-contrastive loss of ``item_graph_role: contrast`` is NCL's
     structure-contrastive InfoNCE (its Eq. 7) with the item's graph
@@ -210,6 +220,24 @@ class CI2MGS(CI2MG):
         if self.id_readout_from > self.n_layers:
             raise ValueError(f"{type(self).__name__}: id_readout propagated reads layers 1..n_layers, and "
                              f"n_layers is {self.n_layers}: set n_layers to at least 1.")
+        self.layer0_gate = setting("layer0_gate")
+        if self.layer0_gate not in LAYER0_GATES:
+            raise ValueError(f"{type(self).__name__}: layer0_gate must be one of {LAYER0_GATES}, "
+                             f"got {self.layer0_gate!r}")
+        if self.layer0_gate == "degree":
+            half = setting("layer0_gate_degree")
+            if not half > 0:
+                raise ValueError(f"{type(self).__name__}: layer0_gate_degree must be > 0, got {half}.")
+            degrees = [torch.from_numpy(np.asarray(self.interaction_matrix.sum(axis=a)).ravel()).float() for a in (1, 0)]
+            weights = [degree / (degree + half) for degree in degrees]
+        elif self.layer0_gate == "constant":
+            weight = setting("layer0_gate_weight")
+            if not weight > 0:
+                raise ValueError(f"{type(self).__name__}: layer0_gate_weight must be > 0, got {weight}.")
+            weights = [torch.full((n,), float(weight)) for n in (self.n_users, self.n_items)]
+        if self.layer0_gate != "none":
+            for name, weight in zip(("user_layer0_weight", "item_layer0_weight"), weights):  # [N, 1]
+                self.register_buffer(name, weight.unsqueeze(1), persistent=False)
         self.id_noise_contrast = setting("id_noise_contrast")
         if self.id_noise_contrast:
             self.noise_eps, self.noise_reg, self.noise_temp = setting("noise_eps"), setting("noise_reg"), setting("noise_temp")
@@ -366,6 +394,9 @@ class CI2MGS(CI2MG):
 
     def id_embeddings(self, noise_eps=0.0, readout_from=None):
         user_id, item_id = super().id_embeddings(noise_eps, readout_from)
+        if self.layer0_gate != "none":  # the class docstring's layer0_gate
+            user_id = user_id + self.user_layer0_weight * self.user_embedding.weight
+            item_id = item_id + self.item_layer0_weight * self.item_embedding.weight
         if self.item_graph == "none" or self.item_graph_role == "contrast" or not bool(self.graph_built):
             return user_id, item_id
         propagated = self.item_embedding.weight
