@@ -109,7 +109,8 @@ first3 = lambda r: r["seed"] in (2020, 2021, 2022)  # noqa: E731
 new_defaults = read("tiktok_missing0.0_noise.jsonl", first3) + read("tiktok_sweep_noise.jsonl")
 new_defaults += [r for r in noise_graph if "item_graph_missing" not in r["overrides"] and first3(r)]
 # some of these runs were given --data_path, which changes no setting; left out so that the rows share one label
-new_defaults = [{**r, "overrides": {k: v for k, v in r["overrides"].items() if k != "data_path"}} for r in new_defaults]
+no_path = lambda rs: [{**r, "overrides": {k: v for k, v in r["overrides"].items() if k != "data_path"}} for r in rs]  # noqa: E731
+new_defaults = no_path(new_defaults)
 tuned_simgcl = [r for r in simgcl if r["overrides"] and first3(r)]
 sweep_noise = new_defaults + [as_rate(r, rate) for rate in (0.0, 0.3, 0.6) for r in tuned_simgcl] + tuned_simgcl
 sweep_noise += [r for r in sweep3 if r["model"] != "CI2MG-S"]
@@ -119,10 +120,10 @@ write("tiktok_sweep_noise_all.jsonl", sorted(sweep_noise, key=lambda r: r["missi
 write("sports_missing0.9_noise_all.jsonl", read("sports_missing0.9_noise.jsonl") + read("sports_missing0.9_simgcl.jsonl")
       + read("sports_missing0.9_issue12.jsonl"))
 
-# the layer-0 gate by degree (empty rows, layer0_gate degree, layer0_gate_degree 200, given as overrides) first, at 90 % missing, beside the rows of the tables above; data_path left out of the labels
+# the layer-0 gate by degree (empty rows, layer0_gate degree, layer0_gate_degree 200, given as overrides) first,
+# at 90 % missing, beside the rows of the tables above
 gate = lambda c: (lambda r: r["overrides"].get("layer0_gate") == "degree"  # noqa: E731
                   and r["overrides"].get("layer0_gate_degree") == c)
-no_path = lambda rs: [{**r, "overrides": {k: v for k, v in r["overrides"].items() if k != "data_path"}} for r in rs]  # noqa: E731
 write("tiktok_missing0.9_gate_all.jsonl", no_path(read("tiktok_missing0.9_gate_screen.jsonl", gate(200))
                                                    + noise_graph + noise_control + best_id))
 write("ml-100k-mm_missing0.9_gate_all.jsonl", read("ml-100k-mm_missing0.9_gate_screen.jsonl", gate(200))

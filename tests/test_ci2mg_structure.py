@@ -173,7 +173,7 @@ def test_without_self_loops_an_item_missing_every_modality_keeps_its_id_embeddin
         items = model.id_embeddings()[1]
     torch.testing.assert_close(items[missing_everywhere], lightgcn_items[missing_everywhere])
     with pytest.raises(ValueError, match="item_graph_missing must be one of"):
-        built(settings, layer0_gate="none", item_graph_missing="loops")
+        built(settings, item_graph_missing="loops")
 
 
 def test_the_id_contrast_is_ncls_losses_on_the_same_embeddings(settings):
@@ -299,7 +299,7 @@ def test_an_unseen_item_is_its_graph_neighbours_alone(tmp_path):
     lightgcn = CI2MG.id_embeddings(own)[1].detach()  # seen items: Eq. 2 plus the graph over seen neighbours
     torch.testing.assert_close(items.detach(), lightgcn * graph.seen_items + (adjacency @ seen_weights).detach())
     with pytest.raises(ValueError, match="unseen_items graph"):
-        built(settings, layer0_gate="none", item_graph="none", unseen_items="graph")
+        built(settings, item_graph="none", unseen_items="graph")
 
 
 def test_the_neighbour_reading_tells_content_neighbours_from_random_ones(settings):
@@ -381,7 +381,7 @@ def test_the_noise_contrast_is_simgcls_infonce_on_the_scored_embeddings(settings
             expected = expected + sum(terms) / len(distinct)
     torch.testing.assert_close(loss, bpr + 0.5 * expected)
     with pytest.raises(ValueError, match="id_noise_contrast needs noise_eps > 0"):
-        built(settings, layer0_gate="none", id_noise_contrast=True, noise_eps=0.0)
+        built(settings, id_noise_contrast=True, noise_eps=0.0)
 
 
 def test_the_noise_contrast_leaves_ncls_terms_on_the_clean_layers(settings):
@@ -454,9 +454,9 @@ def test_with_simgcls_readout_and_no_graph_the_noise_contrast_is_simgcl(settings
     simgcl.eval()
     torch.testing.assert_close(both_scores(model)[0], both_scores(simgcl)[0])
     with pytest.raises(ValueError, match="id_readout must be one of"):
-        built(settings, layer0_gate="none", id_readout="last")
+        built(settings, id_readout="last")
     with pytest.raises(ValueError, match="id_readout propagated reads layers 1..n_layers"):
-        built(settings, layer0_gate="none", id_readout="propagated", n_layers=0)
+        built(settings, id_readout="propagated", n_layers=0)
 
 
 def test_layer0_gate_adds_each_nodes_own_embedding_by_its_training_degree(settings):
