@@ -128,3 +128,28 @@ write("tiktok_missing0.9_gate_all.jsonl", no_path(read("tiktok_missing0.9_gate_s
                                                    + noise_graph + noise_control + best_id))
 write("ml-100k-mm_missing0.9_gate_all.jsonl", read("ml-100k-mm_missing0.9_gate_screen.jsonl", gate(200))
       + read("ml-100k-mm_missing0.9_gate_screen.jsonl", gate(100)) + ml_self + [r for r in ml if r not in ml_self])
+
+# feature propagation (item_graph imputed, 5 steps, empty rows, the degree gate: CI2MG-S's defaults from stop 26,
+# given as overrides), first, then without the gate, at 90 % missing, beside the gate's rows and the rows of the
+# tables above (stop 26)
+imputed = lambda gated: (lambda r: r["overrides"].get("item_graph") == "imputed"  # noqa: E731
+                         and r["overrides"].get("item_graph_imputation_steps") == 5
+                         and (r["overrides"].get("layer0_gate") == "degree") == gated)
+screen26 = read("tiktok_missing0.9_stop26_screen.jsonl")
+write("tiktok_missing0.9_imputed_all.jsonl", no_path([r for r in screen26 if imputed(True)(r)]
+                                                      + [r for r in screen26 if imputed(False)(r)]
+                                                      + read("tiktok_missing0.9_gate_screen.jsonl", gate(200))
+                                                      + noise_graph + noise_control + best_id))
+ml26 = read("ml-100k-mm_missing0.9_stop26_screen.jsonl")
+write("ml-100k-mm_missing0.9_imputed_all.jsonl", [r for r in ml26 if imputed(True)(r)]
+      + read("ml-100k-mm_missing0.9_gate_screen.jsonl", gate(200)) + ml_self + [r for r in ml if r not in ml_self])
+
+# the content control at 0 % missing: CI2MG-S at its 0 % settings on TikTok with the feature rows shuffled among
+# items (benchmarks/shuffled_features.py: the same users, items, splits and mask), beside the same model on the
+# real features, its no-graph control and the imputed graph with the gate; the shuffled records are relabelled
+# as tiktok, their source named in an added "features" key, so that the rows share one table and per-user tests
+shuffled = [{**r, "dataset": "tiktok", "overrides": {**r["overrides"], "features": r["dataset"]}}
+            for r in read("tiktok-shuffled_missing0.0_stop26.jsonl")]
+write("tiktok_missing0.0_shuffled_all.jsonl", no_path(read("tiktok_missing0.0_noise.jsonl", first3) + shuffled
+                                                       + read("tiktok_missing0.0_stop26.jsonl")
+                                                       + [as_rate(r) for r in noise_control + best_id if first3(r)]))

@@ -10,6 +10,10 @@ many random items drawn from the same linked items. No training: the graph is th
 is built with.
 
     python benchmarks/item_graph_neighbours.py --dataset=tiktok --missing_rates=0,0.9 --seed=2020
+    python benchmarks/item_graph_neighbours.py --dataset=tiktok --missing_rates=0.9 --item_graph=imputed
+
+``--item_graph`` reads another of CI²MG-S's graphs (``imputed``: the missing rows completed by
+feature propagation first).
 """
 
 import argparse
@@ -36,11 +40,11 @@ def neighbour_agreement(co, degree, rows, neighbours, valid):
     return (float(np.mean(shares)) if shares else nan), (float(np.mean(cosines)) if cosines else nan), len(shares)
 
 
-def reading(dataset_name, rate, seed, k, settings=None):
+def reading(dataset_name, rate, seed, k, settings=None, item_graph="raw"):
     """One row per modality: ``(rate, modality, linked items, items, their share of the training edges,
     (neighbours co-consumed, their user cosine), (the same for random linked items))``."""
     config = build_config("CI2MG-S", dataset_name, config_dict={
-        **(settings or {}), "missing_rate": rate, "seed": seed, "item_graph_k": k})
+        **(settings or {}), "missing_rate": rate, "seed": seed, "item_graph_k": k, "item_graph": item_graph})
     train, _, _ = data_preparation(config, create_dataset(config))
     model = get_model("CI2MG-S")(config, train._dataset)
     interactions = train._dataset.inter_matrix(form="csr").astype(np.float32)  # [N_U, N_V]
@@ -67,13 +71,15 @@ def main():
     parser.add_argument("--missing_rates", default="0,0.9")
     parser.add_argument("--seed", type=int, default=2020)
     parser.add_argument("--k", type=int, default=10)
+    parser.add_argument("--item_graph", default="raw", help="raw or imputed (CI2MGS.yaml)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     print("| missing | modality | linked items | items | their share of training edges | neighbours co-consumed | "
           "random linked items co-consumed | neighbours' user cosine | random linked items' user cosine |")
     print("|---:|---|---:|---:|---:|---:|---:|---:|---:|")
     for rate in (float(r) for r in args.missing_rates.split(",")):
-        for rate_, name, n, items, edges, graph, random in reading(args.dataset, rate, args.seed, args.k):
+        for rate_, name, n, items, edges, graph, random in reading(args.dataset, rate, args.seed, args.k,
+                                                                  item_graph=args.item_graph):
             print(f"| {rate_:g} | {name} | {n:,} | {items:,} | {100 * edges:.1f} % | {100 * graph[0]:.1f} % | "
                   f"{100 * random[0]:.1f} % | {graph[1]:.4f} | {random[1]:.4f} |")
 

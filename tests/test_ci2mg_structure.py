@@ -46,7 +46,7 @@ def test_the_variant_reads_ci2mgs_defaults_first(settings):
     assert [f.rsplit("/", 1)[-1] for f in files] == ["overall.yaml", "CI2MG.yaml", "CI2MGS.yaml"]
     config = build_config("CI2MG-S", "tiny", config_dict=settings)
     assert config["hyper_temperature"] == 0.1 and config["ot_solver"] == "scalable"  # from CI2MG.yaml
-    assert config["item_graph"] == "raw"  # from CI2MGS.yaml
+    assert config["item_graph"] == "imputed" and config["layer0_gate"] == "degree"  # from CI2MGS.yaml
     assert config["n_layers"] == 3 and config["id_noise_contrast"]  # CI2MGS.yaml's, over CI2MG.yaml's n_layers 2
 
 
@@ -317,6 +317,8 @@ def test_the_neighbour_reading_tells_content_neighbours_from_random_ones(setting
     # v follows the planted clusters users draw from, t is noise: only v's neighbours share users
     assert full[5][1] > 1.5 * full[6][1]
     assert rows[0.0, "t"][5][1] < full[5][1]
+    imputed = {row[1]: row for row in script.reading("tiny", 0.5, 2020, 3, settings, item_graph="imputed")}
+    assert half[2] < imputed["v"][2] <= 40  # feature propagation links items whose row was missing
 
 
 def test_a_contrast_graph_leaves_the_score_alone_and_adds_its_infonce(settings):
@@ -487,3 +489,30 @@ def test_layer0_gate_adds_each_nodes_own_embedding_by_its_training_degree(settin
         built(settings, layer0_gate="degree", layer0_gate_degree=0)
     with pytest.raises(ValueError, match="layer0_gate_weight must be > 0"):
         built(settings, layer0_gate="constant", layer0_gate_weight=-1)
+
+
+def test_the_imputed_graph_completes_missing_rows_by_feature_propagation(settings):
+    model, _ = built(settings, item_graph="imputed", item_graph_imputation_steps=2, item_graph_missing="none",
+                     score_content=False)
+    R = torch.from_numpy(model.interaction_matrix.toarray() > 0).float()  # [N_U, N_V]
+    user_degree, item_degree = R.sum(1, keepdim=True), R.sum(0).unsqueeze(1)
+    for m in range(model.n_modalities):
+        index, rows = model.content.observed_index(m), model.content.observed_features(m)
+        known = torch.zeros(model.n_items, dtype=torch.bool)
+        known[index] = True
+        assert (~known[1:]).any() and (item_degree[~known] > 0).any(), "the tiny data lost its missing items"
+        expected = torch.zeros(model.n_items, rows.shape[1]).index_copy(0, index, rows)
+        for _ in range(2):  # by hand: item <- mean over its users of their items' mean; observed rows reset
+            users = R @ expected / user_degree.clamp(min=1)
+            spread = torch.where(item_degree > 0, R.T @ users / item_degree.clamp(min=1), expected)
+            expected = torch.where(known.unsqueeze(1), expected, spread)
+        values, nodes = model.propagated_features(m)
+        torch.testing.assert_close(values, expected)
+        torch.testing.assert_close(values[index], rows)  # observed rows untouched
+        reached = expected.abs().sum(dim=1) > 0
+        assert torch.equal(nodes, torch.nonzero(reached).squeeze(1))
+        assert reached[~known].any()  # missing items joined the graph
+    raw, _ = built(settings, item_graph="raw", item_graph_missing="none", score_content=False)
+    assert model.linked_items().sum() > raw.linked_items().sum()
+    with pytest.raises(ValueError, match="item_graph_imputation_steps must be at least 1"):
+        built(settings, item_graph="imputed", item_graph_imputation_steps=0)

@@ -21,7 +21,7 @@ from recbole_ci2mg.model.layers.graph import ConstantSparse
 from recbole_ci2mg.model.layers.item_graph import similarity_knn_edges, symmetric_normalised
 from recbole_ci2mg.model.settings import require_setting
 
-ITEM_GRAPHS = ("none", "raw", "generated")
+ITEM_GRAPHS = ("none", "raw", "imputed", "generated")
 GRAPH_MISSING = ("self", "none")
 UNSEEN_ITEMS = ("own", "graph")
 GRAPH_ROLES = ("propagate", "contrast")
@@ -59,7 +59,12 @@ class CI2MGS(CI2MG):
 
     - ``item_graph``: ``none`` (CI²MG's Eq. 13), ``raw`` (the standardised
       features; an item missing modality ``m`` has at most its self-loop in
-      :math:`A_m`, ``item_graph_missing``; built once), or ``generated`` (:math:`Z^m`, Eq. 11, of every
+      :math:`A_m`, ``item_graph_missing``; built once), ``imputed`` (the same
+      features with the missing rows completed by feature propagation, Rossi et
+      al., LoG '22: Eq. 1's two-hop mean over the training graph, repeated
+      ``item_graph_imputation_steps`` times with the observed rows reset to
+      their features after each; an item that no observed item reaches stays
+      outside the graph as in ``raw``; built once), or ``generated`` (:math:`Z^m`, Eq. 11, of every
       item, rebuilt at the start of every training epoch from the model in
       evaluation mode, so no training state is drawn; first when the model
       is built, from the initialised :math:`Z^m`, random projections of the
@@ -171,7 +176,7 @@ class CI2MGS(CI2MG):
             raise ValueError(f"{type(self).__name__}: unseen_items must be one of {UNSEEN_ITEMS}, got {self.unseen_items!r}")
         if self.unseen_items == "graph" and self.item_graph == "none":
             raise ValueError(f"{type(self).__name__}: unseen_items graph takes an unseen item's embedding from the "
-                             f"item-item graph, and item_graph is none: set item_graph raw or generated, or "
+                             f"item-item graph, and item_graph is none: set item_graph raw, imputed or generated, or "
                              f"unseen_items own.")
         self.item_graph_role = setting("item_graph_role")
         if self.item_graph_role not in GRAPH_ROLES:
@@ -180,7 +185,7 @@ class CI2MGS(CI2MG):
         if self.item_graph_role == "contrast":
             if self.item_graph == "none" or self.unseen_items == "graph":
                 raise ValueError(f"{type(self).__name__}: item_graph_role contrast needs an item-item graph "
-                                 f"(item_graph raw or generated) and leaves every item its own embedding "
+                                 f"(item_graph raw, imputed or generated) and leaves every item its own embedding "
                                  f"(unseen_items own); got item_graph {self.item_graph!r}, unseen_items "
                                  f"{self.unseen_items!r}.")
             self.graph_contrast_reg, self.ssl_temp = setting("graph_contrast_reg"), setting("ssl_temp")
@@ -264,6 +269,12 @@ class CI2MGS(CI2MG):
                 index, rows = self.content.observed_index(m), self.content.observed_features(m)
                 features.append((rows.new_zeros(self.n_items, rows.shape[1]).index_copy(0, index, rows), index))
             self.set_item_graph(features)
+        elif self.item_graph == "imputed":
+            self.imputation_steps = setting("item_graph_imputation_steps")
+            if self.imputation_steps < 1:
+                raise ValueError(f"{type(self).__name__}: item_graph_imputation_steps must be at least 1, "
+                                 f"got {self.imputation_steps}.")
+            self.set_item_graph([self.propagated_features(m) for m in range(self.n_modalities)])
         elif self.item_graph == "generated":
             self.rebuild_generated_graph()  # from the initialised model, so a fresh model scores with a graph too
 
@@ -290,6 +301,26 @@ class CI2MGS(CI2MG):
             self.graph_weights[m].copy_(weights)
         self.graph_built.fill_(True)
         self._item_adj = self._linked = None
+
+    @torch.no_grad()
+    def propagated_features(self, m):
+        r"""Modality ``m`` completed by feature propagation: ``(features [N_V, d_m], nodes [n'])``.
+
+        The class docstring's ``imputed`` graph: the standardised observed rows,
+        missing rows 0, then ``item_graph_imputation_steps`` times Eq. 1's
+        two-hop mean over the training graph, the observed rows reset to their
+        features after each step. The nodes are the items with a non-zero row
+        (observed, or reached from an observed item).
+        """
+        index, rows = self.content.observed_index(m), self.content.observed_features(m)
+        observed = rows.new_zeros(self.n_items, rows.shape[1]).index_copy(0, index, rows)
+        known = torch.zeros(self.n_items, 1, dtype=torch.bool, device=rows.device)
+        known[index] = True
+        values = observed
+        for _ in range(self.imputation_steps):
+            _, values = self.content.aggregation(values)
+            values = torch.where(known, observed, values)
+        return values, torch.nonzero(values.abs().sum(dim=1) > 0).squeeze(1)
 
     def linked_items(self):
         """``[N_V]`` bool: the items with a neighbour other than themselves in some modality's graph."""
