@@ -153,3 +153,9 @@ shuffled = [{**r, "dataset": "tiktok", "overrides": {**r["overrides"], "features
 write("tiktok_missing0.0_shuffled_all.jsonl", no_path(read("tiktok_missing0.0_noise.jsonl", first3) + shuffled
                                                        + read("tiktok_missing0.0_stop26.jsonl")
                                                        + [as_rate(r) for r in noise_control + best_id if first3(r)]))
+
+# the content control on ml-100k-mm at 90 % missing: CI2MG-S's stop-26 defaults on the real features, then on the
+# features shuffled among items (relabelled as above), beside the former defaults
+ml_shuffled = [{**r, "dataset": "ml-100k-mm", "overrides": {**r["overrides"], "features": r["dataset"]}}
+               for r in read("ml-100k-mm-shuffled_missing0.9_stop26.jsonl")]
+write("ml-100k-mm_missing0.9_shuffled_all.jsonl", [r for r in ml26 if imputed(True)(r)] + ml_shuffled + ml_self)

@@ -7,6 +7,7 @@ it to the graph the features are spread on, not to what they say (BENCHMARKS.md,
 propagation").
 
     python benchmarks/shuffled_features.py tiktok --seed=0      # writes dataset/tiktok-shuffled
+    python benchmarks/shuffled_features.py ml-100k-mm           # keyed files: the keys stay, the rows move
     python run_recbole.py --model=CI2MG-S --dataset=tiktok-shuffled ...
 """
 
@@ -28,17 +29,17 @@ def main():
     source_yaml = REPO / "properties" / "dataset" / f"{args.dataset}.yaml"
     config = yaml.safe_load(source_yaml.read_text())
     name = f"{args.dataset}-shuffled"
-    source, target = Path(config["data_path"]) / args.dataset, Path(config["data_path"]) / name
+    data_path = Path(config.get("data_path", "dataset"))  # RecBole's default: dataset/ under the working folder
+    source, target = data_path / args.dataset, data_path / name
     target.mkdir(parents=True, exist_ok=True)
     for path in source.glob(f"{args.dataset}.*"):  # the atomic files, renamed
         shutil.copyfile(path, target / (name + path.name[len(args.dataset):]))
     permutation = None
     for modality in config["modalities"].values():
-        if "keys" in modality:
-            raise SystemExit(f"{source_yaml}: modality file {modality['file']} has a keys file; only row-per-item "
-                             f"matrices are shuffled here")
         features = np.load(source / modality["file"], allow_pickle=False)
-        if permutation is None:  # one permutation for every modality: an item's rows stay together
+        if "keys" in modality:  # line i names row i's item: the keys stay, the rows move
+            shutil.copyfile(source / modality["keys"], target / modality["keys"])
+        if permutation is None or len(permutation) != features.shape[0]:  # one per row count
             permutation = np.random.default_rng(args.seed).permutation(features.shape[0])
         np.save(target / modality["file"], features[permutation])
     text = source_yaml.read_text().replace(f"data_path/{args.dataset}/", f"data_path/{name}/")
