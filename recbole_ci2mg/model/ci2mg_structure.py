@@ -264,11 +264,7 @@ class CI2MGS(CI2MG):
         self.register_buffer("graph_built", torch.zeros((), dtype=torch.bool))
         self._item_adj = self._linked = None  # derived from the graph buffers on first use
         if self.item_graph == "raw":
-            features = []
-            for m in range(self.n_modalities):  # the standardised features, missing rows 0 (never linked)
-                index, rows = self.content.observed_index(m), self.content.observed_features(m)
-                features.append((rows.new_zeros(self.n_items, rows.shape[1]).index_copy(0, index, rows), index))
-            self.set_item_graph(features)
+            self.set_item_graph([self.observed_rows(m) for m in range(self.n_modalities)])
         elif self.item_graph == "imputed":
             self.imputation_steps = setting("item_graph_imputation_steps")
             if self.imputation_steps < 1:
@@ -302,6 +298,11 @@ class CI2MGS(CI2MG):
         self.graph_built.fill_(True)
         self._item_adj = self._linked = None
 
+    def observed_rows(self, m):
+        """Modality ``m``'s standardised features ``[N_V, d_m]``, missing rows 0 (never linked), and its observed items."""
+        index, rows = self.content.observed_index(m), self.content.observed_features(m)
+        return rows.new_zeros(self.n_items, rows.shape[1]).index_copy(0, index, rows), index
+
     @torch.no_grad()
     def propagated_features(self, m):
         r"""Modality ``m`` completed by feature propagation: ``(features [N_V, d_m], nodes [n'])``.
@@ -312,9 +313,8 @@ class CI2MGS(CI2MG):
         features after each step. The nodes are the items with a non-zero row
         (observed, or reached from an observed item).
         """
-        index, rows = self.content.observed_index(m), self.content.observed_features(m)
-        observed = rows.new_zeros(self.n_items, rows.shape[1]).index_copy(0, index, rows)
-        known = torch.zeros(self.n_items, 1, dtype=torch.bool, device=rows.device)
+        observed, index = self.observed_rows(m)
+        known = torch.zeros(self.n_items, 1, dtype=torch.bool, device=observed.device)
         known[index] = True
         values = observed
         for _ in range(self.imputation_steps):
