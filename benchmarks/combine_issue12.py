@@ -159,3 +159,35 @@ write("tiktok_missing0.0_shuffled_all.jsonl", no_path(read("tiktok_missing0.0_no
 ml_shuffled = [{**r, "dataset": "ml-100k-mm", "overrides": {**r["overrides"], "features": r["dataset"]}}
                for r in read("ml-100k-mm-shuffled_missing0.9_stop26.jsonl")]
 write("ml-100k-mm_missing0.9_shuffled_all.jsonl", [r for r in ml26 if imputed(True)(r)] + ml_shuffled + ml_self)
+# stop 27. The sweep at 3 seeds at CI2MG-S's stop-26 defaults (imputed graph, empty rows, the degree gate): 0.3 and
+# 0.6 new, 0 and 0.9 the runs of stop 26 (their first three seeds). The flags that repeat a default (the steps,
+# the gate's degree) and data_path are left out so that the four rates share one label; beside them the sweep's
+# other rows above (the former defaults, tuned SimGCL at every rate, LightGCN, FREEDOM, LightGCN-M, CI2MG)
+repeats = ("data_path", "item_graph_imputation_steps", "layer0_gate_degree")
+as_defaults = lambda rs: [{**r, "overrides": {k: v for k, v in r["overrides"].items() if k not in repeats}}  # noqa: E731
+                          for r in rs]
+defaults26 = as_defaults(read("tiktok_missing0.0_stop26.jsonl") + [r for r in screen26 if imputed(True)(r) and first3(r)]
+                         + read("tiktok_sweep_stop27.jsonl"))
+write("tiktok_sweep_stop27_all.jsonl", sorted(defaults26 + sweep_noise, key=lambda r: r["missing_rate"]))
+# the content-free control: CI2MG-S with item_graph interactions (each item's nearest items by their training users)
+# in place of the imputed graph, the other stop-26 defaults given as overrides, first, beside the tables above
+cf = lambda r: r["overrides"].get("item_graph") == "interactions"  # noqa: E731
+write("tiktok_missing0.9_interactions_all.jsonl", as_defaults(read("tiktok_missing0.9_stop27.jsonl", cf)
+                                                               + [r for r in screen26 if imputed(True)(r)]
+                                                               + [r for r in screen26 if imputed(False)(r)])
+      + no_path(noise_graph + noise_control + best_id))
+write("ml-100k-mm_missing0.9_interactions_all.jsonl", as_defaults(read("ml-100k-mm_missing0.9_stop27.jsonl", cf)
+                                                                   + [r for r in ml26 if imputed(True)(r)])
+      + ml_shuffled + ml_self + [r for r in ml if r not in ml_self])
+# the interactions graph beside the content graphs (item_graph_add_interactions, the stop-26 defaults otherwise),
+# seed-2020 screens, beside the two graphs alone
+hybrid = lambda r: r["overrides"].get("item_graph_add_interactions") is True  # noqa: E731
+write("tiktok_missing0.9_hybrid_screen.jsonl", as_defaults(read("tiktok_missing0.9_stop27.jsonl", hybrid)
+                                                            + read("tiktok_missing0.9_stop27.jsonl", cf)
+                                                            + [r for r in screen26 if imputed(True)(r)]))
+write("ml-100k-mm_missing0.9_hybrid_screen.jsonl", as_defaults(read("ml-100k-mm_missing0.9_stop27.jsonl", hybrid)
+                                                                + read("ml-100k-mm_missing0.9_stop27.jsonl", cf)
+                                                                + [r for r in ml26 if imputed(True)(r)]))
+# Sports at 90 % missing, seed 2020, at the stop-26 defaults (given as overrides), beside the Sports table above
+write("sports_missing0.9_stop27_all.jsonl", read("sports_missing0.9_stop27.jsonl") + read("sports_missing0.9_noise.jsonl")
+      + read("sports_missing0.9_simgcl.jsonl") + read("sports_missing0.9_issue12.jsonl"))

@@ -319,6 +319,10 @@ def test_the_neighbour_reading_tells_content_neighbours_from_random_ones(setting
     assert rows[0.0, "t"][5][1] < full[5][1]
     imputed = {row[1]: row for row in script.reading("tiny", 0.5, 2020, 3, settings, item_graph="imputed")}
     assert half[2] < imputed["v"][2] <= 40  # feature propagation links items whose row was missing
+    # the interactions graph's neighbours are all its own, and the planted clusters put v's among them more than t's
+    interactions = {row[1]: row for row in script.reading("tiny", 0.5, 2020, 3, settings, item_graph="interactions")}
+    assert interactions["v"][7] == interactions["t"][7] == 1.0
+    assert 0 <= rows[0.0, "t"][7] < full[7] < 1.0
 
 
 def test_a_contrast_graph_leaves_the_score_alone_and_adds_its_infonce(settings):
@@ -516,3 +520,50 @@ def test_the_imputed_graph_completes_missing_rows_by_feature_propagation(setting
     assert model.linked_items().sum() > raw.linked_items().sum()
     with pytest.raises(ValueError, match="item_graph_imputation_steps must be at least 1"):
         built(settings, item_graph="imputed", item_graph_imputation_steps=0)
+
+
+@pytest.mark.parametrize("missing", ["none", "self"])
+def test_the_interactions_graph_links_items_by_their_training_users(settings, missing):
+    k = 4
+    model, _ = built(settings, item_graph="interactions", item_graph_k=k, item_graph_missing=missing,
+                     score_content=False)
+    R = torch.from_numpy(model.interaction_matrix.toarray() > 0).float()  # [N_U, N_V]
+    norms = R.norm(dim=0)
+    cosine = (R.T @ R) / (norms.unsqueeze(1) * norms.unsqueeze(0)).clamp(min=1e-12)  # by hand
+    seen = norms > 0
+    assert (~seen).any() and seen.sum() > k, "the tiny data lost its items without interactions"
+    neighbours, weights = model.graph_neighbours, model.graph_weights
+    assert torch.equal(neighbours[0], neighbours[1]) and torch.equal(weights[0], weights[1])  # no content read
+    for item in range(model.n_items):
+        row, w = neighbours[0, item], weights[0, item]
+        if not seen[item]:  # outside the graph: its self-loop or an empty row
+            assert row[0] == item and w[0] == (1.0 if missing == "self" else 0.0) and (w[1:] == 0).all()
+            continue
+        assert row[0] == item and w[0] == 1.0  # the row itself first, as in the feature graphs
+        others = cosine[item].clone()
+        others[item] = 0
+        expected = torch.sort(others[others > 0], descending=True).values[: k - 1]
+        chosen = w[1:] > 0
+        torch.testing.assert_close(torch.sort(w[1:][chosen], descending=True).values, expected, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(w[1:][chosen], cosine[item, row[1:][chosen]], rtol=1e-4, atol=1e-6)
+        assert seen[row[1:][chosen]].all()
+    other_mask, _ = built(settings, item_graph="interactions", item_graph_k=k, item_graph_missing=missing,
+                          score_content=False, missing_rate=0.0)
+    assert torch.equal(other_mask.graph_neighbours, neighbours) and torch.equal(other_mask.graph_weights, weights)
+
+
+def test_the_interactions_graph_can_join_the_content_graphs(settings):
+    content, _ = built(settings, item_graph="raw", item_graph_missing="none", score_content=False)
+    cf, _ = built(settings, item_graph="interactions", item_graph_missing="none", score_content=False)
+    both, _ = built(settings, item_graph="raw", item_graph_missing="none", score_content=False,
+                    item_graph_add_interactions=True)
+    M = content.n_modalities
+    assert both.graph_neighbours.shape[0] == M + 1
+    assert torch.equal(both.graph_neighbours[:M], content.graph_neighbours)
+    assert torch.equal(both.graph_neighbours[M], cf.graph_neighbours[0])
+    assert torch.equal(both.graph_weights[M], cf.graph_weights[0])
+    dense = lambda model: model.item_adjacency().to_coo().to_dense()  # noqa: E731
+    # S is the mean of the G normalised graphs: the content model's M and the content-free one
+    torch.testing.assert_close(dense(both), (M * dense(content) + dense(cf)) / (M + 1))
+    with pytest.raises(ValueError, match="item_graph_add_interactions adds the interactions graph"):
+        built(settings, item_graph="interactions", item_graph_add_interactions=True)

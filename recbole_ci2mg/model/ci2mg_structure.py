@@ -18,10 +18,10 @@ from recbole.model.general_recommender.ncl import NCL
 from recbole_ci2mg.model.ci2mg import CI2MG
 from recbole_ci2mg.model.layers.augment import info_nce
 from recbole_ci2mg.model.layers.graph import ConstantSparse
-from recbole_ci2mg.model.layers.item_graph import similarity_knn_edges, symmetric_normalised
+from recbole_ci2mg.model.layers.item_graph import co_consumption_knn_edges, similarity_knn_edges, symmetric_normalised
 from recbole_ci2mg.model.settings import require_setting
 
-ITEM_GRAPHS = ("none", "raw", "imputed", "generated")
+ITEM_GRAPHS = ("none", "raw", "imputed", "generated", "interactions")
 GRAPH_MISSING = ("self", "none")
 UNSEEN_ITEMS = ("own", "graph")
 GRAPH_ROLES = ("propagate", "contrast")
@@ -46,11 +46,13 @@ class CI2MGS(CI2MG):
 
     .. math::
         \tilde{X}^V = X^V + S^{L_s} E^V, \qquad
-        S = \frac{1}{M} \sum_m D_m^{-1/2} A_m D_m^{-1/2},
+        S = \frac{1}{G} \sum_m D_m^{-1/2} A_m D_m^{-1/2},
 
     where :math:`E^V` are the ID item embeddings (FREEDOM's Eq. 4) and
     :math:`A_m` links each item to the ``item_graph_k`` items most cosine-similar
-    to it in modality ``m`` (weights: the cosine, cut at 0; LATTICE's Eq. 1-3).
+    to it in modality ``m`` (weights: the cosine, cut at 0; LATTICE's Eq. 1-3),
+    over the :math:`G` graphs (the :math:`M` modalities', and the interactions
+    graph with ``item_graph_add_interactions``).
     The score is Eq. 13 with :math:`\tilde{X}^V` in the ID block, or the ID block
     alone when ``score_content`` is off (the modality branch then trains through
     Eq. 10 and 12 only, and reaches the ranking through :math:`S`).
@@ -64,7 +66,12 @@ class CI2MGS(CI2MG):
       al., LoG '22: Eq. 1's two-hop mean over the training graph, repeated
       ``item_graph_imputation_steps`` times with the observed rows reset to
       their features after each; an item that no observed item reaches stays
-      outside the graph as in ``raw``; built once), or ``generated`` (:math:`Z^m`, Eq. 11, of every
+      outside the graph as in ``raw``; built once), ``interactions`` (no content:
+      each item's nearest items by the cosine of their training users, ItemKNN's
+      similarity, the same graph in every modality's place, items without
+      training interactions outside it as in ``raw``; built once; the control
+      that says how much of a content graph's gain a purely collaborative
+      graph gives), or ``generated`` (:math:`Z^m`, Eq. 11, of every
       item, rebuilt at the start of every training epoch from the model in
       evaluation mode, so no training state is drawn; first when the model
       is built, from the initialised :math:`Z^m`, random projections of the
@@ -73,6 +80,9 @@ class CI2MGS(CI2MG):
       self-loop in :math:`A_m` (``self``), so :math:`S E^V` adds its own
       embedding again, or an empty row (``none``), so an item missing every
       modality keeps its Eq. 2 embedding alone.
+    - ``item_graph_add_interactions``: the ``interactions`` graph as one more
+      graph :math:`A_{M+1}` beside the content graphs, so that :math:`S` averages
+      :math:`M + 1` graphs (content and collaborative structure together).
     - ``unseen_items``: an item without training interactions keeps its own
       Eq. 2 embedding beside :math:`S E^V` (``own``), or is its graph
       neighbours' embeddings alone (``graph``): its own ID embedding was
@@ -176,8 +186,8 @@ class CI2MGS(CI2MG):
             raise ValueError(f"{type(self).__name__}: unseen_items must be one of {UNSEEN_ITEMS}, got {self.unseen_items!r}")
         if self.unseen_items == "graph" and self.item_graph == "none":
             raise ValueError(f"{type(self).__name__}: unseen_items graph takes an unseen item's embedding from the "
-                             f"item-item graph, and item_graph is none: set item_graph raw, imputed or generated, or "
-                             f"unseen_items own.")
+                             f"item-item graph, and item_graph is none: set item_graph raw, imputed, generated or "
+                             f"interactions, or unseen_items own.")
         self.item_graph_role = setting("item_graph_role")
         if self.item_graph_role not in GRAPH_ROLES:
             raise ValueError(f"{type(self).__name__}: item_graph_role must be one of {GRAPH_ROLES}, "
@@ -185,8 +195,8 @@ class CI2MGS(CI2MG):
         if self.item_graph_role == "contrast":
             if self.item_graph == "none" or self.unseen_items == "graph":
                 raise ValueError(f"{type(self).__name__}: item_graph_role contrast needs an item-item graph "
-                                 f"(item_graph raw, imputed or generated) and leaves every item its own embedding "
-                                 f"(unseen_items own); got item_graph {self.item_graph!r}, unseen_items "
+                                 f"(item_graph raw, imputed, generated or interactions) and leaves every item its "
+                                 f"own embedding (unseen_items own); got item_graph {self.item_graph!r}, unseen_items "
                                  f"{self.unseen_items!r}.")
             self.graph_contrast_reg, self.ssl_temp = setting("graph_contrast_reg"), setting("ssl_temp")
         # [N_V, 1]: the items with training interactions (the dataset's cold_items are the others)
@@ -199,7 +209,8 @@ class CI2MGS(CI2MG):
             self.logger.info(
                 f"{type(self).__name__}: with item_graph {self.item_graph} and score_content False no score reads "
                 f"the generated modalities, so the generation branch and its losses (Eq. 1, 3-12) are not run: "
-                f"the model is Eq. 2 and the item-item graph, trained with BPR and reg_weight only."
+                f"the model is Eq. 2 and the item-item graph, trained with BPR, reg_weight and the ID losses that are "
+                f"on (id_contrast, id_noise_contrast, item_graph_role contrast)."
             )
             self.use_contrastive = self.use_task_guided = False  # their terms train nothing any score reads
             self.leave_batch_edges_out = False  # Eq. 1 is not run: no per-batch left-out edges to build
@@ -257,12 +268,23 @@ class CI2MGS(CI2MG):
             if self.noise_readout_from > self.n_layers:
                 raise ValueError(f"{type(self).__name__}: noise_readout propagated reads layers 1..n_layers, and "
                                  f"n_layers is {self.n_layers}: set n_layers to at least 1.")
+        self.add_interactions = setting("item_graph_add_interactions")
+        if self.add_interactions and self.item_graph in ("none", "interactions"):
+            raise ValueError(f"{type(self).__name__}: item_graph_add_interactions adds the interactions graph beside "
+                             f"the content graphs, and item_graph is {self.item_graph}: set item_graph raw, imputed "
+                             f"or generated, or item_graph_add_interactions False.")
         k = min(self.item_graph_k, self.n_items)
-        shape = (self.n_modalities, self.n_items, k)
-        self.register_buffer("graph_neighbours", torch.zeros(shape, dtype=torch.long))  # [M, N_V, k]
-        self.register_buffer("graph_weights", torch.zeros(shape))  # [M, N_V, k]
+        shape = (self.n_modalities + int(self.add_interactions), self.n_items, k)  # the interactions graph last
+        self.register_buffer("graph_neighbours", torch.zeros(shape, dtype=torch.long))  # [G, N_V, k]
+        self.register_buffer("graph_weights", torch.zeros(shape))  # [G, N_V, k]
         self.register_buffer("graph_built", torch.zeros((), dtype=torch.bool))
         self._item_adj = self._linked = None  # derived from the graph buffers on first use
+        if self.item_graph == "interactions" or self.add_interactions:
+            neighbours, weights, _ = co_consumption_knn_edges(
+                self.interaction_matrix, k, outsider_loops=self.item_graph_missing == "self"
+            )
+            if self.add_interactions:
+                self.store_item_graph([(neighbours, weights)], first=self.n_modalities)
         if self.item_graph == "raw":
             self.set_item_graph([self.observed_rows(m) for m in range(self.n_modalities)])
         elif self.item_graph == "imputed":
@@ -271,6 +293,8 @@ class CI2MGS(CI2MG):
                 raise ValueError(f"{type(self).__name__}: item_graph_imputation_steps must be at least 1, "
                                  f"got {self.imputation_steps}.")
             self.set_item_graph([self.propagated_features(m) for m in range(self.n_modalities)])
+        elif self.item_graph == "interactions":  # the content-free control: one graph in every modality's place
+            self.store_item_graph([(neighbours, weights)] * self.n_modalities)
         elif self.item_graph == "generated":
             self.rebuild_generated_graph()  # from the initialised model, so a fresh model scores with a graph too
 
@@ -286,13 +310,20 @@ class CI2MGS(CI2MG):
     def set_item_graph(self, features):
         r"""Build :math:`S` from one ``(features [N_V, d_m], nodes [n'])`` per modality (the nodes' kNN)."""
         k = self.graph_neighbours.shape[2]
-        for m, (values, nodes) in enumerate(features):
+        edges = []
+        for values, nodes in features:
             members = torch.zeros(self.n_items, dtype=torch.bool, device=values.device)
             if nodes.numel() > 1:  # a lone node has no neighbour but itself: it keeps its self-loop
                 members[nodes] = True
             neighbours, weights, _ = similarity_knn_edges(  # unused slots weigh 0
                 values.detach(), k, members, outsider_loops=self.item_graph_missing == "self" or nodes.numel() <= 1
             )
+            edges.append((neighbours, weights))
+        self.store_item_graph(edges)
+
+    def store_item_graph(self, edges, first=0):
+        """Keep ``(neighbours [N_V, k], weights [N_V, k])`` as the graphs :math:`A_m` from the ``first`` on."""
+        for m, (neighbours, weights) in enumerate(edges, start=first):
             self.graph_neighbours[m].copy_(neighbours)
             self.graph_weights[m].copy_(weights)
         self.graph_built.fill_(True)
@@ -351,7 +382,7 @@ class CI2MGS(CI2MG):
                 values = symmetric_normalised(rows, cols, weights.reshape(-1), n)
                 normalised = sp.coo_matrix((values.numpy(), (rows.numpy(), cols.numpy())), shape=(n, n)).tocsr()
                 total = normalised if total is None else total + normalised
-            self._item_adj = ConstantSparse(total / self.n_modalities, self.device)
+            self._item_adj = ConstantSparse(total / self.graph_neighbours.shape[0], self.device)
         return self._item_adj
 
     def load_state_dict(self, state_dict, strict=True):

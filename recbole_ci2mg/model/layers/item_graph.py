@@ -15,6 +15,7 @@ from logging import getLogger
 
 import numpy as np
 import torch
+from recbole.model.general_recommender.itemknn import ComputeSimilarity
 
 from recbole_ci2mg.files import atomic_write
 
@@ -176,6 +177,50 @@ def similarity_knn_edges(features, k, nodes=None, outsider_loops=True):
         neighbours[members, :width] = members[found]
         weights[members, :width] = (unit.unsqueeze(1) * unit[found]).sum(dim=2).clamp(min=0.0)
         used[members, :width] = True
+    return neighbours, weights, used
+
+
+def co_consumption_knn_edges(interactions, k, outsider_loops=True):
+    r"""A content-free item-item graph: each item's ``k`` nearest items by their training users, in
+    :func:`similarity_knn_edges`' layout.
+
+    .. math::
+        A_{ij} = \frac{r_i^\top r_j}{\lVert r_i \rVert \lVert r_j \rVert} \;\; \text{for } j \in \mathcal{N}_k(i)
+
+    with :math:`r_i` item ``i``'s column of the user-item matrix (ItemKNN's
+    cosine, Aiolli, RecSys '13, computed by RecBole's ``ComputeSimilarity``).
+    As in :func:`similarity_knn_edges` the row itself is its first neighbour
+    (cosine 1) and ``k - 1`` others follow; an item without interactions is
+    an outsider: its self-loop (weight 1) or, with ``outsider_loops=False``, an
+    empty row. Slots a row does not use (an item with fewer than ``k - 1``
+    co-consumed items) point to itself with weight 0.
+
+    Args:
+        interactions: ``[N_U, N_V]`` scipy sparse matrix, the training interactions.
+        k (int): neighbours per row, the row itself included (at least 1).
+        outsider_loops (bool): whether an item without interactions keeps its self-loop.
+
+    Returns:
+        tuple: ``neighbours`` ``[N_V, k]`` int64, ``weights`` ``[N_V, k]`` float and ``used`` ``[N_V, k]`` bool.
+    """
+    matrix = interactions.tocsr().astype(np.float32)
+    n = matrix.shape[1]
+    neighbours = torch.arange(n).unsqueeze(1).repeat(1, k)  # self-loops
+    weights = torch.zeros(n, k)
+    used = torch.zeros(n, k, dtype=torch.bool)
+    seen = np.asarray(matrix.getnnz(axis=0) > 0)
+    weights[:, 0] = torch.from_numpy(seen if not outsider_loops else np.ones(n, dtype=bool)).float()
+    used[:, 0] = weights[:, 0] > 0
+    if k > 1 and n > 1:
+        _, similar = ComputeSimilarity(matrix, topk=min(k - 1, n - 1), method="item").compute_similarity()
+        similar = similar.tocsc()  # column i: item i's neighbours (self excluded), zero cosines left out
+        for item in np.flatnonzero(seen):
+            start, end = similar.indptr[item], similar.indptr[item + 1]
+            order = np.argsort(-similar.data[start:end], kind="stable")[: k - 1]
+            found = torch.from_numpy(similar.indices[start:end][order].astype(np.int64))
+            neighbours[item, 1 : 1 + found.numel()] = found
+            weights[item, 1 : 1 + found.numel()] = torch.from_numpy(similar.data[start:end][order])
+            used[item, 1 : 1 + found.numel()] = True
     return neighbours, weights, used
 
 
