@@ -179,15 +179,38 @@ write("tiktok_missing0.9_interactions_all.jsonl", as_defaults(read("tiktok_missi
 write("ml-100k-mm_missing0.9_interactions_all.jsonl", as_defaults(read("ml-100k-mm_missing0.9_stop27.jsonl", cf)
                                                                    + [r for r in ml26 if imputed(True)(r)])
       + ml_shuffled + ml_self + [r for r in ml if r not in ml_self])
-# the interactions graph beside the content graphs (item_graph_add_interactions, the stop-26 defaults otherwise),
-# seed-2020 screens, beside the two graphs alone
+# the interactions graph beside the imputed graphs (the stop-26 defaults otherwise), beside the two graphs alone.
+# These runs were recorded with the switch item_graph_add_interactions True, which the value
+# item_graph: imputed+interactions replaced before the stop ended: relabelled so that the tables name the setting
+# a user gives now (the settings the runs read stay as recorded)
 hybrid = lambda r: r["overrides"].get("item_graph_add_interactions") is True  # noqa: E731
-write("tiktok_missing0.9_hybrid_screen.jsonl", as_defaults(read("tiktok_missing0.9_stop27.jsonl", hybrid)
-                                                            + read("tiktok_missing0.9_stop27.jsonl", cf)
-                                                            + [r for r in screen26 if imputed(True)(r)]))
-write("ml-100k-mm_missing0.9_hybrid_screen.jsonl", as_defaults(read("ml-100k-mm_missing0.9_stop27.jsonl", hybrid)
-                                                                + read("ml-100k-mm_missing0.9_stop27.jsonl", cf)
-                                                                + [r for r in ml26 if imputed(True)(r)]))
+# (item_graph_missing none and layer0_gate degree, given as flags then, are the defaults and left out, as in the
+# runs recorded with the value)
+defaults27 = {"item_graph_add_interactions": True, "item_graph_missing": "none", "layer0_gate": "degree"}
+as_value = lambda rs: [{**r, "overrides": {**{k: v for k, v in r["overrides"].items()  # noqa: E731
+                                               if defaults27.get(k, not v) != v},
+                                           "item_graph": r["overrides"]["item_graph"] + "+interactions"}} for r in rs]
+hybrid90 = as_value(read("tiktok_missing0.9_stop27.jsonl", hybrid)) + read("tiktok_missing0.9_hybrid.jsonl")  # 2023, 2024
+write("tiktok_missing0.9_hybrid_all.jsonl", as_defaults(hybrid90 + read("tiktok_missing0.9_stop27.jsonl", cf)
+                                                         + [r for r in screen26 if imputed(True)(r)])
+      + no_path(noise_graph + noise_control + best_id))
+write("ml-100k-mm_missing0.9_hybrid_all.jsonl", as_defaults(as_value(read("ml-100k-mm_missing0.9_stop27.jsonl", hybrid))
+                                                             + read("ml-100k-mm_missing0.9_stop27.jsonl", cf)
+                                                             + [r for r in ml26 if imputed(True)(r)])
+      + ml_shuffled + ml_self + [r for r in ml if r not in ml_self])
 # Sports at 90 % missing, seed 2020, at the stop-26 defaults (given as overrides), beside the Sports table above
-write("sports_missing0.9_stop27_all.jsonl", read("sports_missing0.9_stop27.jsonl") + read("sports_missing0.9_noise.jsonl")
-      + read("sports_missing0.9_simgcl.jsonl") + read("sports_missing0.9_issue12.jsonl"))
+sports27 = (read("sports_missing0.9_stop27.jsonl", lambda r: not hybrid(r)) + read("sports_missing0.9_noise.jsonl")
+            + read("sports_missing0.9_simgcl.jsonl") + read("sports_missing0.9_issue12.jsonl"))
+write("sports_missing0.9_stop27_all.jsonl", sports27)
+# imputed+interactions at 0 % missing (there imputed is raw), 3 seeds, beside the stop-26 defaults and the sweep's
+# 0 % rows (the former defaults, tuned SimGCL, LightGCN, FREEDOM, LightGCN-M, CI2MG)
+write("tiktok_missing0.0_hybrid_all.jsonl", as_defaults(as_value(read("tiktok_missing0.0_stop27.jsonl", hybrid))
+                                                         + read("tiktok_missing0.0_stop26.jsonl"))
+      + [r for r in sweep_noise if r["missing_rate"] == 0.0])
+# Sports at 90 % missing, seed 2020: imputed+interactions first, beside the stop-27 Sports table
+write("sports_missing0.9_hybrid_all.jsonl", as_value(read("sports_missing0.9_stop27.jsonl", hybrid)) + sports27)
+# the sweep with imputed+interactions: 0.3 and 0.6 new, 0 and 0.9 the runs above, beside the sweep's other rows
+hybrid_sweep = (as_value(read("tiktok_missing0.0_stop27.jsonl", hybrid)) + read("tiktok_sweep_hybrid.jsonl")
+                + [r for r in hybrid90 if first3(r)])
+write("tiktok_sweep_hybrid_all.jsonl", sorted(as_defaults(hybrid_sweep) + defaults26 + sweep_noise,
+                                              key=lambda r: r["missing_rate"]))

@@ -46,7 +46,7 @@ def test_the_variant_reads_ci2mgs_defaults_first(settings):
     assert [f.rsplit("/", 1)[-1] for f in files] == ["overall.yaml", "CI2MG.yaml", "CI2MGS.yaml"]
     config = build_config("CI2MG-S", "tiny", config_dict=settings)
     assert config["hyper_temperature"] == 0.1 and config["ot_solver"] == "scalable"  # from CI2MG.yaml
-    assert config["item_graph"] == "imputed" and config["layer0_gate"] == "degree"  # from CI2MGS.yaml
+    assert config["item_graph"] == "imputed+interactions" and config["layer0_gate"] == "degree"  # from CI2MGS.yaml
     assert config["n_layers"] == 3 and config["id_noise_contrast"]  # CI2MGS.yaml's, over CI2MG.yaml's n_layers 2
 
 
@@ -555,8 +555,7 @@ def test_the_interactions_graph_links_items_by_their_training_users(settings, mi
 def test_the_interactions_graph_can_join_the_content_graphs(settings):
     content, _ = built(settings, item_graph="raw", item_graph_missing="none", score_content=False)
     cf, _ = built(settings, item_graph="interactions", item_graph_missing="none", score_content=False)
-    both, _ = built(settings, item_graph="raw", item_graph_missing="none", score_content=False,
-                    item_graph_add_interactions=True)
+    both, _ = built(settings, item_graph="raw+interactions", item_graph_missing="none", score_content=False)
     M = content.n_modalities
     assert both.graph_neighbours.shape[0] == M + 1
     assert torch.equal(both.graph_neighbours[:M], content.graph_neighbours)
@@ -565,5 +564,11 @@ def test_the_interactions_graph_can_join_the_content_graphs(settings):
     dense = lambda model: model.item_adjacency().to_coo().to_dense()  # noqa: E731
     # S is the mean of the G normalised graphs: the content model's M and the content-free one
     torch.testing.assert_close(dense(both), (M * dense(content) + dense(cf)) / (M + 1))
-    with pytest.raises(ValueError, match="item_graph_add_interactions adds the interactions graph"):
-        built(settings, item_graph="interactions", item_graph_add_interactions=True)
+    generated, _ = built(settings, item_graph="generated+interactions", item_graph_missing="none", score_content=False)
+    generated.train()  # rebuilds the M generated graphs, and keeps the interactions graph beside them
+    assert generated.graph_neighbours.shape[0] == M + 1
+    assert torch.equal(generated.graph_neighbours[M], cf.graph_neighbours[0])
+    assert torch.equal(generated.graph_weights[M], cf.graph_weights[0])
+    for wrong in ("none+interactions", "interactions+interactions", "raw+imputed", "raw+"):
+        with pytest.raises(ValueError, match="followed by \\+interactions"):
+            built(settings, item_graph=wrong)

@@ -22,6 +22,7 @@ from recbole_ci2mg.model.layers.item_graph import co_consumption_knn_edges, simi
 from recbole_ci2mg.model.settings import require_setting
 
 ITEM_GRAPHS = ("none", "raw", "imputed", "generated", "interactions")
+CONTENT_GRAPHS = ("raw", "imputed", "generated")  # those that take "+interactions": the interactions graph beside
 GRAPH_MISSING = ("self", "none")
 UNSEEN_ITEMS = ("own", "graph")
 GRAPH_ROLES = ("propagate", "contrast")
@@ -52,7 +53,7 @@ class CI2MGS(CI2MG):
     :math:`A_m` links each item to the ``item_graph_k`` items most cosine-similar
     to it in modality ``m`` (weights: the cosine, cut at 0; LATTICE's Eq. 1-3),
     over the :math:`G` graphs (the :math:`M` modalities', and the interactions
-    graph with ``item_graph_add_interactions``).
+    graph with ``+interactions``).
     The score is Eq. 13 with :math:`\tilde{X}^V` in the ID block, or the ID block
     alone when ``score_content`` is off (the modality branch then trains through
     Eq. 10 and 12 only, and reaches the ranking through :math:`S`).
@@ -80,9 +81,11 @@ class CI2MGS(CI2MG):
       self-loop in :math:`A_m` (``self``), so :math:`S E^V` adds its own
       embedding again, or an empty row (``none``), so an item missing every
       modality keeps its Eq. 2 embedding alone.
-    - ``item_graph_add_interactions``: the ``interactions`` graph as one more
-      graph :math:`A_{M+1}` beside the content graphs, so that :math:`S` averages
-      :math:`M + 1` graphs (content and collaborative structure together).
+    - ``item_graph`` ``raw+interactions``, ``imputed+interactions`` or
+      ``generated+interactions``: that content graph with the ``interactions``
+      graph as one more graph :math:`A_{M+1}` beside the modalities', so that
+      :math:`S` averages :math:`M + 1` graphs (content and collaborative
+      structure together).
     - ``unseen_items``: an item without training interactions keeps its own
       Eq. 2 embedding beside :math:`S E^V` (``own``), or is its graph
       neighbours' embeddings alone (``graph``): its own ID embedding was
@@ -174,7 +177,14 @@ class CI2MGS(CI2MG):
         super().__init__(config, dataset)
         setting = partial(require_setting, config, model=type(self).__name__)
         self.score_content = setting("score_content")
-        self.item_graph = setting("item_graph")
+        # "imputed+interactions": the content graph imputed, and the interactions graph beside it
+        self.item_graph, plus, extra = str(setting("item_graph")).partition("+")
+        self.add_interactions = bool(plus)
+        added_wrongly = plus and (extra != "interactions" or self.item_graph not in CONTENT_GRAPHS)
+        if self.item_graph not in ITEM_GRAPHS or added_wrongly:
+            raise ValueError(f"{type(self).__name__}: item_graph must be one of {ITEM_GRAPHS}, or one of "
+                             f"{CONTENT_GRAPHS} followed by +interactions (e.g. imputed+interactions), got "
+                             f"{setting('item_graph')!r}")
         self.item_graph_k = setting("item_graph_k")
         self.item_graph_layers = setting("item_graph_layers")
         self.item_graph_missing = setting("item_graph_missing")
@@ -201,8 +211,6 @@ class CI2MGS(CI2MG):
             self.graph_contrast_reg, self.ssl_temp = setting("graph_contrast_reg"), setting("ssl_temp")
         # [N_V, 1]: the items with training interactions (the dataset's cold_items are the others)
         self.register_buffer("seen_items", ~dataset.cold_items.unsqueeze(1), persistent=False)
-        if self.item_graph not in ITEM_GRAPHS:
-            raise ValueError(f"{type(self).__name__}: item_graph must be one of {ITEM_GRAPHS}, got {self.item_graph!r}")
         if self.item_graph_k < 1 or self.item_graph_layers < 1:
             raise ValueError(f"{type(self).__name__}: item_graph_k and item_graph_layers must be at least 1.")
         if not self.content_reaches_score:
@@ -268,11 +276,6 @@ class CI2MGS(CI2MG):
             if self.noise_readout_from > self.n_layers:
                 raise ValueError(f"{type(self).__name__}: noise_readout propagated reads layers 1..n_layers, and "
                                  f"n_layers is {self.n_layers}: set n_layers to at least 1.")
-        self.add_interactions = setting("item_graph_add_interactions")
-        if self.add_interactions and self.item_graph in ("none", "interactions"):
-            raise ValueError(f"{type(self).__name__}: item_graph_add_interactions adds the interactions graph beside "
-                             f"the content graphs, and item_graph is {self.item_graph}: set item_graph raw, imputed "
-                             f"or generated, or item_graph_add_interactions False.")
         k = min(self.item_graph_k, self.n_items)
         shape = (self.n_modalities + int(self.add_interactions), self.n_items, k)  # the interactions graph last
         self.register_buffer("graph_neighbours", torch.zeros(shape, dtype=torch.long))  # [G, N_V, k]
