@@ -207,8 +207,6 @@ write("sports_missing0.9_stop27_all.jsonl", sports27)
 write("tiktok_missing0.0_hybrid_all.jsonl", as_defaults(as_value(read("tiktok_missing0.0_stop27.jsonl", hybrid))
                                                          + read("tiktok_missing0.0_stop26.jsonl"))
       + [r for r in sweep_noise if r["missing_rate"] == 0.0])
-# Sports at 90 % missing, seed 2020: imputed+interactions first, beside the stop-27 Sports table
-write("sports_missing0.9_hybrid_all.jsonl", as_value(read("sports_missing0.9_stop27.jsonl", hybrid)) + sports27)
 # the sweep with imputed+interactions: 0.3 and 0.6 new, 0 and 0.9 the runs above, beside the sweep's other rows
 hybrid_sweep = (as_value(read("tiktok_missing0.0_stop27.jsonl", hybrid)) + read("tiktok_sweep_hybrid.jsonl")
                 + [r for r in hybrid90 if first3(r)])

@@ -177,10 +177,15 @@ def run_config_dict(run):
     return {**run["settings"], **run["overrides"], "seed": run["seed"], "missing_rate": run["missing_rate"]}
 
 
-def run_fingerprint(run):
-    r"""The :func:`recbole_ci2mg.data.fingerprint.data_fingerprint` of the data a planned run reads."""
-    config = build_config(run["model"], run["dataset"], run["config_files"] or None, run_config_dict(run))
-    return data_fingerprint(config)
+def run_config(run):
+    """The RecBole ``Config`` of a planned run, as its YAML files and overrides give it now."""
+    return build_config(run["model"], run["dataset"], run["config_files"] or None, run_config_dict(run))
+
+
+def run_fingerprint(run, config=None):
+    r"""The :func:`recbole_ci2mg.data.fingerprint.data_fingerprint` of the data a planned run reads
+    (``config``: the run's :func:`run_config`, built now when not given)."""
+    return data_fingerprint(config if config is not None else run_config(run))
 
 
 # keys of the project's YAML files that say where a run reads and writes, or how fast it runs, not what it learns
@@ -188,14 +193,15 @@ def run_fingerprint(run):
 SETTINGS_NOT_COMPARED = ("data_path", "checkpoint_dir", "torch_threads", "eval_batch_size", "mask_file")
 
 
-def run_settings(run):
+def run_settings(run, config=None):
     r"""What a planned run trains with: the value of every key that ``overall.yaml`` and the model's own
-    YAML files set (so the model's defaults, after the run's files and overrides), as JSON values.
+    YAML files set (so the model's defaults, after the run's files and overrides), as JSON values
+    (``config``: the run's :func:`run_config`, built now when not given).
 
     Recorded as ``settings``, so that a record trained before a default changed is not taken for a
     run of the new default (:func:`check_data`).
     """
-    config = build_config(run["model"], run["dataset"], run["config_files"] or None, run_config_dict(run))
+    config = config if config is not None else run_config(run)
     files = [Path(f) for f in properties_files(get_model(run["model"]), run["dataset"])]
     keys = set()
     for path in files:
@@ -215,8 +221,12 @@ def train(run, results):
     r"""Train and test one planned run through :func:`recbole_ci2mg.quick_start.run_recbole`; its record.
 
     The per-user test scores the trainer kept are written beside ``results``;
-    the record's ``data_fingerprint`` is that of the data as it is when the run ends.
+    the record's ``data_fingerprint`` is that of the data as it is when the run ends. Its ``settings``
+    are read when it starts, as training reads them: a YAML file edited while it trains neither
+    changes them nor, if it no longer builds, loses the finished run.
     """
+    config = run_config(run)
+    settings = run_settings(run, config)
     start = perf_counter()
     result = run_recbole(
         run["model"], run["dataset"], config_file_list=run["config_files"] or None, config_dict=run_config_dict(run),
@@ -232,8 +242,8 @@ def train(run, results):
         wall_seconds=perf_counter() - start,
         machine=machine(),
         saved_model_file=result.get("saved_model_file"),
-        data_fingerprint=run_fingerprint(run),
-        settings=run_settings(run),
+        data_fingerprint=run_fingerprint(run, config),
+        settings=settings,
     )
     record["test_segments"] = getattr(result["test_result"], "segments", None)
     per_user = getattr(result["test_result"], "per_user", None)

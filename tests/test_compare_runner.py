@@ -197,6 +197,25 @@ def test_a_rerun_with_changed_settings_is_refused_not_skipped(tmp_path, monkeypa
     assert len(calls) == 2
 
 
+def test_a_config_edited_while_a_run_trains_neither_changes_nor_loses_its_record(tmp_path, monkeypatch):
+    config = tiny_comparison(tmp_path)
+    calls, original = [], config.read_text()
+    train = fake_run_recbole(calls)
+
+    def edits_then_trains(*args, **kwargs):  # the config file changes, then disappears, while the run trains
+        config.write_text(yaml.safe_dump({**yaml.safe_load(original), "stopping_step": 3}))
+        result = train(*args, **kwargs)
+        config.unlink()
+        return result
+
+    monkeypatch.setattr(compare, "run_recbole", edits_then_trains)
+    compare.main(comparison_of(config, "--seeds=1"))
+    records = read_records(tmp_path / "out" / "runs.jsonl")
+    assert len(calls) == len(records) == 1
+    assert records[0]["settings"]["stopping_step"] == 10  # what the run read when it started
+    assert records[0]["data_fingerprint"]["train.inter"].startswith("sha256:")
+
+
 def test_the_same_data_in_another_folder_matches_its_records(tmp_path, monkeypatch):
     config = tiny_comparison(tmp_path)
     calls = []
