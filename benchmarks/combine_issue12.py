@@ -188,7 +188,7 @@ hybrid = lambda r: r["overrides"].get("item_graph_add_interactions") is True  # 
 # runs recorded with the value)
 defaults27 = {"item_graph_add_interactions": True, "item_graph_missing": "none", "layer0_gate": "degree"}
 as_value = lambda rs: [{**r, "overrides": {**{k: v for k, v in r["overrides"].items()  # noqa: E731
-                                               if defaults27.get(k, not v) != v},
+                                               if k not in defaults27 or defaults27[k] != v},
                                            "item_graph": r["overrides"]["item_graph"] + "+interactions"}} for r in rs]
 hybrid90 = as_value(read("tiktok_missing0.9_stop27.jsonl", hybrid)) + read("tiktok_missing0.9_hybrid.jsonl")  # 2023, 2024
 write("tiktok_missing0.9_hybrid_all.jsonl", as_defaults(hybrid90 + read("tiktok_missing0.9_stop27.jsonl", cf)

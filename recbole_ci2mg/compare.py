@@ -271,16 +271,17 @@ def check_data(runs, records, results):
         record = records.get(record_key(run))
         if record is None:
             continue
+        config = run_config(run)
         if record.get("settings") is None:
             unsettled.append(run)
         else:
-            changes = settings_changes(record["settings"], run_settings(run))
+            changes = settings_changes(record["settings"], run_settings(run, config))
             if changes:
                 resettled.append((run, changes))
         if record.get("data_fingerprint") is None:
             unverified.append(run)
             continue
-        changes = fingerprint_changes(record["data_fingerprint"], run_fingerprint(run))
+        changes = fingerprint_changes(record["data_fingerprint"], run_fingerprint(run, config))
         if changes:
             changed.append((run, changes))
     keep = Path(results).with_name(Path(results).stem + "-new.jsonl")

@@ -215,7 +215,7 @@ class CI2MGS(CI2MG):
             raise ValueError(f"{type(self).__name__}: item_graph_k and item_graph_layers must be at least 1.")
         if not self.content_reaches_score:
             self.logger.info(
-                f"{type(self).__name__}: with item_graph {self.item_graph} and score_content False no score reads "
+                f"{type(self).__name__}: with item_graph {config['item_graph']} and score_content False no score reads "
                 f"the generated modalities, so the generation branch and its losses (Eq. 1, 3-12) are not run: "
                 f"the model is Eq. 2 and the item-item graph, trained with BPR, reg_weight and the ID losses that are "
                 f"on (id_contrast, id_noise_contrast, item_graph_role contrast)."

@@ -209,7 +209,7 @@ def co_consumption_knn_edges(interactions, k, outsider_loops=True):
     weights = torch.zeros(n, k)
     used = torch.zeros(n, k, dtype=torch.bool)
     seen = np.asarray(matrix.getnnz(axis=0) > 0)
-    weights[:, 0] = torch.from_numpy(seen if not outsider_loops else np.ones(n, dtype=bool)).float()
+    weights[:, 0] = torch.from_numpy(seen | outsider_loops).float()
     used[:, 0] = weights[:, 0] > 0
     if k > 1 and n > 1:
         _, similar = ComputeSimilarity(matrix, topk=min(k - 1, n - 1), method="item").compute_similarity()
