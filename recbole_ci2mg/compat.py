@@ -132,6 +132,10 @@ class PrototypeEStepMixin:
       epoch (outside its ``train_epoch_seconds``, as ``NCLTrainer`` times it);
     - for the first ``warm_up_step`` epochs, the last term of a tuple loss
       (NCL's prototype loss) is left out.
+
+    A model whose prototypes are a switch says whether it has them in
+    ``uses_prototypes`` (CI2MG-S: ``id_contrast``); without them the schedule
+    neither runs nor logs an E-step.
     """
 
     def __init__(self, config, model):
@@ -147,7 +151,7 @@ class PrototypeEStepMixin:
         self.num_m_step, self.warm_up_step = config["m_step"], config["warm_up_step"]
 
     def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
-        if epoch_idx % self.num_m_step == 0:
+        if epoch_idx % self.num_m_step == 0 and getattr(self.model, "uses_prototypes", True):
             self.logger.info("Running E-step ! ")
             self.model.e_step()
         if loss_func is None and epoch_idx < self.warm_up_step:

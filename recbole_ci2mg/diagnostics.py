@@ -18,6 +18,10 @@ never on test interactions:
   block mean).
 - :func:`contrastive_reading`: Eq. 10's InfoNCE on one training batch against
   its chance level :math:`\ln n` (``n`` distinct items).
+- :func:`cold_item_readings`: the scored embeddings' norm on items without
+  training interactions (cold) against the others, and the share of the users'
+  top 20 that cold items take against their share of the catalogue (a cold
+  item that enters no top 20 has test recall 0 whatever its content).
 
 Command line (checkpoints written by ``run_recbole.py``; a record's
 ``saved_model_file`` names it)::
@@ -206,6 +210,38 @@ def contrastive_reading(model, interaction):
     }
 
 
+@torch.no_grad()
+def cold_item_readings(user_e, item_e, cold, train_matrix, users, k=20):
+    r"""How the scored embeddings place the items without training interactions.
+
+    Args:
+        user_e, item_e: ``[N_U, D]``, ``[N_V, D]`` (Eq. 13).
+        cold: ``[N_V]`` bool, the dataset's ``cold_items`` (padding id 0 False).
+        train_matrix: the training interactions, ``[N_U, N_V]`` (scipy sparse),
+            left out of each user's ranking as RecBole's full ranking does.
+        users: ``[U]`` user ids.
+
+    Returns:
+        dict: ``norm`` (mean row norm of the cold and the warm items, padding
+        excluded), ``top_k_share`` (the share of the users' top ``k`` slots held
+        by cold items) and ``catalogue_share`` (cold items among the items).
+    """
+    cold = cold.to(item_e.device)
+    warm = ~cold
+    warm[0] = False  # padding
+    norms = item_e.norm(dim=1)
+    scores = user_e[users] @ item_e.T  # [U, N_V]
+    scores[:, 0] = -math.inf
+    seen = torch.from_numpy(train_matrix[users.cpu().numpy()].toarray() > 0).to(scores.device)
+    scores[seen] = -math.inf
+    top = scores.topk(k, dim=1).indices
+    return {
+        "norm": {"cold": float(norms[cold].mean()) if cold.any() else None, "warm": float(norms[warm].mean())},
+        "top_k_share": float(cold[top].float().mean()),
+        "catalogue_share": float(cold.sum() / (cold.sum() + warm.sum())),
+    }
+
+
 def _ratio(numerator, denominator):
     denominator = float(denominator)
     return float(numerator) / denominator if denominator > 0 else None
@@ -236,7 +272,11 @@ def diagnose(model_file, n_users=2000, seed=0):
         },
         "eq1": eq1_readings(model),
     }
-    if getattr(model, "use_inter", False):
+    cold = getattr(train_data._dataset, "cold_items", None)
+    if cold is not None and bool(cold.any()):
+        out["cold_items"] = cold_item_readings(user_e, item_e, cold, train_data._dataset.inter_matrix(form="csr"), users)
+    # CI2MG-S does not run the generation branch (Eq. 1-12) when no score reads it: no plans to read
+    if getattr(model, "use_inter", False) and getattr(model, "content_reaches_score", True):
         out["transport"] = transport_readings(model)
     if getattr(model, "use_contrastive", False):
         out["contrastive"] = contrastive_reading(model, next(iter(train_data)))

@@ -2,11 +2,13 @@ r"""Comparison tables and the missing-rate plot, built from a results file's rec
 
 One row per (dataset, missing rate, model, overrides, config files), its
 seeds pooled: test metrics as mean ± sample standard deviation over seeds,
-seconds per training epoch, best epochs, and a two-sided Wilcoxon
+seconds per training epoch, best epochs, a two-sided Wilcoxon
 signed-rank test of the section's first row against the row on per-user test
-Recall@20. Records that hold ``test_segments`` add test Recall@20 within cold
-items (no training interaction: the new items of ``new_item_rate``, and any
-item the split gives none) and within warm items; older records show n/a
+Recall@20, and a two-sided paired t-test of the same over the seeds (each seed
+one observation: the per-user test averages the seed-to-seed spread away).
+Records that hold ``test_segments`` add test Recall@20 within cold items (no
+training interaction: the new items of ``new_item_rate``, and any item the
+split gives none) and within warm items; older records show n/a
 there, and a table none of whose rows has a cold test interaction (or the
 breakdown at all) shows no such columns.
 Written as Markdown (best mean of each column in bold), CSV (fractions, not
@@ -20,7 +22,7 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
-from scipy.stats import wilcoxon
+from scipy.stats import ttest_rel, wilcoxon
 
 from recbole_ci2mg.results import load_per_user, record_key
 
@@ -60,6 +62,21 @@ def paired_wilcoxon(reference, other):
     return float(wilcoxon(x, y, alternative="two-sided").pvalue), len(users)
 
 
+def paired_seed_ttest(reference, other):
+    r"""Two-sided paired t-test of two ``{seed: test score}`` maps over their common seeds.
+
+    Returns:
+        tuple: ``(p, seeds)``; ``p`` is None with fewer than two common seeds
+        or when every seed's difference is the same (no spread to test against).
+    """
+    seeds = sorted(set(reference) & set(other))
+    x = np.array([reference[seed] for seed in seeds])
+    y = np.array([other[seed] for seed in seeds])
+    if len(seeds) < 2 or np.allclose(x - y, (x - y)[0]):
+        return None, seeds
+    return float(ttest_rel(x, y).pvalue), seeds
+
+
 def pooled_scores(per_user_runs, metric=TEST_METRIC):
     r"""``{user: mean over runs of the user's metric}``, over the users every run has.
 
@@ -90,9 +107,10 @@ def summarise(records, results=None):
         dataset shares, left out of the labels), ``reference`` (the section's
         first row's label), ``p``, ``n_users`` and ``test_seeds`` (Wilcoxon
         test against it over the seeds both rows have; p is None where
-        untestable) and ``test_status`` ("reference", "tested", "no per-user
-        scores", "no common seed" or "no difference"). A section is one
-        dataset at one missing rate.
+        untestable), ``test_status`` ("reference", "tested", "no per-user
+        scores", "no common seed" or "no difference"), and ``seed_p`` and
+        ``seed_p_seeds`` (the paired t-test over seeds, :func:`paired_seed_ttest`;
+        None for the reference). A section is one dataset at one missing rate.
     """
     # The latest record of a run wins if a file holds it twice.
     latest = {record_key(record): record for record in records}
@@ -134,6 +152,7 @@ def _row(group, results):
         "seconds": float(np.mean(seconds)) if seconds else None,
         "best_epochs": [r.get("best_epoch") for r in group],
         "per_seed": dict(zip((r["seed"] for r in group), per_user)) if all(p is not None for p in per_user) else None,
+        "seed_scores": {r["seed"]: r["test"][TEST_METRIC] for r in group if r["test"].get(TEST_METRIC) is not None},
         "cold_counts": sorted({(c["users"], c["interactions"]) for c in cold if c}),
     }
 
@@ -193,6 +212,8 @@ def _test_against_first(section):
     for row in section:
         row["reference"] = reference["label"]
         row["p"], row["n_users"], row["test_seeds"] = None, None, []
+        row["seed_p"], row["seed_p_seeds"] = (None, []) if row is reference else paired_seed_ttest(
+            reference["seed_scores"], row["seed_scores"])
         if row is reference:
             row["test_status"] = "reference"
         elif reference["per_seed"] is None or row["per_seed"] is None:
@@ -223,6 +244,12 @@ def _p_cell(row):
     }.get(row["test_status"]) or f"{row['p']:.2g}"
 
 
+def _seed_p_cell(row):
+    if row["test_status"] == "reference":
+        return "—"
+    return "n/a" if row["seed_p"] is None else f"{row['seed_p']:.2g}"
+
+
 def _shown_metrics(rows):
     """The metric columns of a table: the segment ones only when a row has test interactions with cold items."""
     has_cold = any(row["mean"]["cold_recall@20"] is not None for row in rows)
@@ -239,12 +266,13 @@ def _cells(row, bold, metrics=METRICS):
         f"{row['seconds']:.2f}" if row["seconds"] is not None else "n/a",
         ", ".join("n/a" if e is None else str(e) for e in row["best_epochs"]),
         _p_cell(row),
+        _seed_p_cell(row),
     ]
 
 
 def header(metrics=METRICS):
     return ["missing", "model", "seeds", *(f"{METRIC_NAMES[m]} (%)" for m in metrics),
-            "s / train epoch", "best epoch", "Wilcoxon p"]
+            "s / train epoch", "best epoch", "Wilcoxon p", "seeds t p"]
 
 
 def footnote(rows):
@@ -265,6 +293,12 @@ def footnote(rows):
         f"both rows have (a row with fewer seeds than the first is tested on those alone). —: the "
         f"reference row; n/a: per-user scores not recorded for this row or the reference; n/a "
         f"(equal): every user's score is the same; n/a (no common seed): the two rows share no seed.",
+        "seeds t p: two-sided paired t-test (scipy.stats.ttest_rel) of the first row's test Recall@20 against "
+        "this row's, paired by seed over the seeds both rows have, each seed one observation. The Wilcoxon "
+        "test's users are many but its per-user means average the seed-to-seed spread away, so it can call a "
+        "difference that another draw of seeds would not repeat; this test keeps that spread, and with three "
+        "seeds it finds only large differences. n/a: fewer than two common seeds, or the same difference at "
+        "every seed.",
     ]
     if _shown_metrics(rows) != METRICS:
         counts = sorted({count for row in rows for count in row["cold_counts"]})
@@ -318,7 +352,7 @@ def write_csv(rows, path):
     fields = ["dataset", "missing_rate", "model", "label", "overrides", "seeds"]
     fields += [f"{m}_{stat}" for m in COLUMNS for stat in ("mean", "std")]
     fields += ["cold_test_users", "best", "train_epoch_seconds", "best_epochs", "wilcoxon_reference", "wilcoxon_p",
-               "wilcoxon_users", "wilcoxon_seeds", "wilcoxon_status"]
+               "wilcoxon_users", "wilcoxon_seeds", "wilcoxon_status", "seeds_ttest_p", "seeds_ttest_seeds"]
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fields)
         writer.writeheader()
@@ -340,6 +374,8 @@ def write_csv(rows, path):
                 "wilcoxon_users": row["n_users"],
                 "wilcoxon_seeds": ";".join(map(str, row["test_seeds"])),
                 "wilcoxon_status": row["test_status"],
+                "seeds_ttest_p": row["seed_p"],
+                "seeds_ttest_seeds": ";".join(map(str, row["seed_p_seeds"])),
             })
 
 

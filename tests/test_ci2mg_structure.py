@@ -264,6 +264,16 @@ def test_dynamic_negative_sampling_reaches_ncls_schedule(settings, tmp_path, mod
     assert len(trainer.train_loss_dict) == 3
 
 
+@pytest.mark.parametrize("id_contrast", [True, False])
+def test_ncls_schedule_runs_e_steps_only_for_a_model_with_prototypes(settings, tmp_path, monkeypatch, id_contrast):
+    from recbole_ci2mg.model.ci2mg_structure import CI2MGS
+
+    calls, original = [], CI2MGS.e_step
+    monkeypatch.setattr(CI2MGS, "e_step", lambda self: (calls.append(1), original(self)))
+    fitted(settings, tmp_path, model="CI2MG-S", id_contrast=id_contrast)
+    assert len(calls) == (3 if id_contrast else 0)  # m_step 1, 3 epochs
+
+
 def test_ncls_schedule_names_a_bad_setting(settings, tmp_path):
     with pytest.raises(ValueError, match="m_step"):
         fitted(settings, tmp_path, m_step=0)
@@ -493,6 +503,49 @@ def test_layer0_gate_adds_each_nodes_own_embedding_by_its_training_degree(settin
         built(settings, layer0_gate="degree", layer0_gate_degree=0)
     with pytest.raises(ValueError, match="layer0_gate_weight must be > 0"):
         built(settings, layer0_gate="constant", layer0_gate_weight=-1)
+
+
+def test_item_graph_gate_weights_each_items_graph_term_by_its_training_degree(settings):
+    common = {"item_graph": "imputed+interactions", "item_graph_missing": "none", "score_content": False,
+              "id_noise_contrast": False}
+    gated, train = built(settings, **common, item_graph_gate="degree", item_graph_gate_degree=8.0)
+    plain, _ = built(settings, **common, item_graph_gate="none")
+    plain.load_state_dict(gated.state_dict())
+    without, _ = built(settings, **{**common, "item_graph": "none"})
+    # the same Eq. 2 and layer-0 gate, no graph term
+    without.load_state_dict({k: v for k, v in gated.state_dict().items() if not k.startswith("graph_")}, strict=False)
+    degree = torch.tensor(np.asarray(train._dataset.inter_matrix(form="csr").sum(axis=0)).ravel(), dtype=torch.float32)
+    assert degree.unique().numel() > 3, "the tiny data's items have too few degrees to tell the weights apart"
+    with torch.no_grad():
+        (user_g, item_g), (user_p, item_p), (user_0, item_0) = (m.id_embeddings() for m in (gated, plain, without))
+        graph_term = item_p - item_0
+        assert graph_term.abs().sum() > 0
+        torch.testing.assert_close(item_g, item_0 + (8.0 / (degree + 8.0)).unsqueeze(1) * graph_term)
+        torch.testing.assert_close(user_g, user_p)
+    with pytest.raises(ValueError, match="item_graph_gate must be one of"):
+        built(settings, item_graph_gate="tail")
+    with pytest.raises(ValueError, match="item_graph_gate_degree must be > 0"):
+        built(settings, item_graph_gate="degree", item_graph_gate_degree=0)
+    with pytest.raises(ValueError, match="shape the graph term of item_graph_role propagate"):  # nothing to weight
+        built(settings, item_graph="none", item_graph_gate="degree")
+
+
+def test_item_graph_source_scored_propagates_the_scored_embeddings(settings):
+    common = {"item_graph": "imputed+interactions", "item_graph_missing": "none", "score_content": False,
+              "id_noise_contrast": False, "id_readout": "propagated", "layer0_gate": "degree"}
+    scored, _ = built(settings, **common, item_graph_source="scored")
+    without, _ = built(settings, **{**common, "item_graph": "none"})
+    without.load_state_dict({k: v for k, v in scored.state_dict().items() if not k.startswith("graph_")}, strict=False)
+    with torch.no_grad():
+        _, item_s = scored.id_embeddings()
+        _, item_0 = without.id_embeddings()  # Eq. 2 with the layer-0 gate: what is scored without a graph
+        torch.testing.assert_close(item_s, item_0 + scored.item_adjacency() @ item_0)
+        layer0 = item_0 + scored.item_adjacency() @ scored.item_embedding.weight  # the default source
+        assert not torch.allclose(item_s, layer0)
+    with pytest.raises(ValueError, match="item_graph_source must be one of"):
+        built(settings, item_graph_source="final")
+    with pytest.raises(ValueError, match="shape the graph term of item_graph_role propagate"):  # nothing to source
+        built(settings, item_graph="imputed", item_graph_role="contrast", item_graph_source="scored")
 
 
 def test_the_imputed_graph_completes_missing_rows_by_feature_propagation(settings):

@@ -12,7 +12,7 @@ import torch
 import yaml
 from recbole.data import data_preparation
 from recbole.model.general_recommender import BPR
-from scipy.stats import wilcoxon
+from scipy.stats import ttest_ind, ttest_rel, wilcoxon
 
 from conftest import REPO, planted_interactions, write_benchmark
 from recbole_ci2mg import compare
@@ -20,7 +20,7 @@ from recbole_ci2mg.model.ci2mg import SWITCHES
 from recbole_ci2mg.quick_start import build_config, create_dataset
 from recbole_ci2mg.trainer import get_trainer
 from recbole_ci2mg.results import append_record, load_per_user, read_records, record_key, save_per_user
-from recbole_ci2mg.tables import markdown, paired_wilcoxon, pooled_scores, summarise
+from recbole_ci2mg.tables import markdown, paired_seed_ttest, paired_wilcoxon, pooled_scores, summarise
 
 SWEEP_ARGS = ["--model=BPR,LightGCN-M", "--dataset=tiny", "--seeds=2020,2021", "--missing_rates=0,0.5",
               "--epochs=1", "--results=out/runs.jsonl", "--table=out/table"]
@@ -169,6 +169,18 @@ def test_paired_wilcoxon_pairs_scores_by_user():
     assert paired_wilcoxon(reference, dict(reference)) == (None, 40)
 
 
+def test_paired_seed_ttest_pairs_scores_by_seed():
+    reference = {2020: 0.10, 2021: 0.12, 2022: 0.11, 2023: 0.13}
+    other = {2022: 0.098, 2020: 0.085, 2021: 0.105}  # another order, and a seed the reference alone has
+    p, seeds = paired_seed_ttest(reference, other)
+    assert seeds == [2020, 2021, 2022]
+    assert p == pytest.approx(ttest_rel([0.10, 0.12, 0.11], [0.085, 0.105, 0.098]).pvalue)
+    unpaired = ttest_ind([0.10, 0.12, 0.11], [0.085, 0.105, 0.098]).pvalue
+    assert p < 0.05 < unpaired  # the seeds' shared spread is paired away
+    assert paired_seed_ttest(reference, {2020: 0.2}) == (None, [2020])  # one common seed
+    assert paired_seed_ttest(reference, {s: v + 0.01 for s, v in reference.items()})[0] is None  # no spread
+
+
 def test_pooled_scores_average_each_user_over_seeds():
     runs = [
         {"user_id": np.array(["a", "b", "c"]), "recall@20": np.array([0.0, 1.0, 0.5])},
@@ -197,11 +209,13 @@ def test_table_shows_mean_std_best_and_what_lacks_per_user_scores(tmp_path):
         record["per_user_file"] = save_per_user(results, record, scores)
     rows = summarise(records, results)
     lines = markdown(rows).splitlines()
-    assert "| 0.3 | A | 1, 2 | 15.00 ± 7.07 | **30.00 ± 0.00** | 1.50 ± 0.71 | 2.00 | 1, 2 | — |" in lines
+    assert "| 0.3 | A | 1, 2 | 15.00 ± 7.07 | **30.00 ± 0.00** | 1.50 ± 0.71 | 2.00 | 1, 2 | — | — |" in lines
     b_row = next(line for line in lines if line.startswith("| 0.3 | B |"))
     assert "| **40.00 ± 14.14** | 10.00 ± 0.00 | **4.00 ± 1.41** |" in b_row
-    assert b_row.endswith(f"| {rows[1]['p']:.2g} |") and rows[1]["p"] < 0.01
-    assert "| 0.3 | C | 1 | 1.00 | 1.00 | 0.10 | 2.00 | 1 | n/a |" in lines
+    seed_p = ttest_rel([0.10, 0.20], [0.30, 0.50]).pvalue  # paired by seed: differences 0.2 and 0.3
+    assert b_row.endswith(f"| {rows[1]['p']:.2g} | {seed_p:.2g} |") and rows[1]["p"] < 0.01
+    assert rows[1]["seed_p"] == pytest.approx(seed_p) and rows[1]["seed_p_seeds"] == [1, 2]
+    assert "| 0.3 | C | 1 | 1.00 | 1.00 | 0.10 | 2.00 | 1 | n/a | n/a |" in lines  # one common seed: no t-test
 
 
 def test_wilcoxon_uses_only_the_seeds_both_rows_have(tmp_path):
@@ -225,7 +239,7 @@ def test_wilcoxon_uses_only_the_seeds_both_rows_have(tmp_path):
     assert rows["B"]["p"] != pytest.approx(wilcoxon(pooled_a, scores["B", 1]).pvalue)
     assert rows["C"]["p"] is None and rows["C"]["test_status"] == "no common seed"
     c_line = next(line for line in markdown(list(rows.values())).splitlines() if line.startswith("| 0.3 | C |"))
-    assert c_line.endswith("| n/a (no common seed) |")
+    assert c_line.endswith("| n/a (no common seed) | n/a |")
 
 
 def test_a_relabelled_record_keeps_its_per_user_scores(tmp_path):

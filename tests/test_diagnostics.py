@@ -49,6 +49,21 @@ def test_score_shares_separate_a_personal_block_from_an_item_prior():
     assert shares["m"]["item_prior"] is None
 
 
+def test_cold_item_readings_count_the_top_slots_cold_items_take_outside_training_items():
+    import scipy.sparse as sp
+
+    # 3 users, items 0 (padding) .. 5; items 4 and 5 are cold; 1-d embeddings, so a score is a product
+    user_e = torch.tensor([[1.0], [1.0], [-1.0]])
+    item_e = torch.tensor([[0.0], [5.0], [4.0], [1.0], [3.0], [0.5]])
+    cold = torch.tensor([False, False, False, False, True, True])
+    train = sp.csr_matrix(([1.0, 1.0], ([0, 1], [1, 2])), shape=(3, 6))  # user 0 saw item 1, user 1 item 2
+    out = diagnostics.cold_item_readings(user_e, item_e, cold, train, torch.arange(3), k=2)
+    # top 2, training items left out: user 0 -> 2, 4; user 1 -> 1, 4; user 2 (scores negated) -> 5, 3
+    assert out["top_k_share"] == pytest.approx(3 / 6)
+    assert out["norm"] == {"cold": pytest.approx(1.75), "warm": pytest.approx(10 / 3)}
+    assert out["catalogue_share"] == pytest.approx(2 / 5)
+
+
 def test_plan_row_entropy_is_one_for_a_uniform_plan_and_lower_for_a_peaked_one():
     n = 6
     assert diagnostics.plan_row_entropy(DensePlan(torch.full((n, n), 1.0 / n))) == pytest.approx(1.0)
@@ -109,3 +124,15 @@ def test_the_command_reads_a_checkpoint_written_by_a_run(tiny, tmp_path):
     assert reading["model"] == "CI2MG" and reading["missing_rate"] == 0.5
     assert reading["valid_recall@20"]["all"] == pytest.approx(result["best_valid_result"]["recall@20"])
     assert {"score_shares", "eq1", "transport", "contrastive"} <= set(reading)
+
+
+def test_the_command_reads_a_ci2mg_s_checkpoint_without_a_generation_branch(tiny, tmp_path):
+    # CI2MG-S at its defaults does not run Eq. 1-12 (no plans to read); new items give it cold items
+    result = run_recbole("CI2MG-S", "tiny", config_dict={**tiny, "epochs": 1, "missing_rate": 0.5, "new_item_rate": 0.2})
+    out = tmp_path / "readings.jsonl"
+    diagnostics.main([result["saved_model_file"], "--users", "20", "--out", str(out)])
+    reading = json.loads(out.read_text())
+    assert reading["model"] == "CI2MGS" and "transport" not in reading and "contrastive" not in reading
+    cold = reading["cold_items"]
+    assert 0 < cold["catalogue_share"] < 1 and 0 <= cold["top_k_share"] <= 1
+    assert cold["norm"]["cold"] >= 0 and cold["norm"]["warm"] > 0

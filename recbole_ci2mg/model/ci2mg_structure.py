@@ -28,6 +28,8 @@ UNSEEN_ITEMS = ("own", "graph")
 GRAPH_ROLES = ("propagate", "contrast")
 ID_READOUTS = {"all": 0, "propagated": 1}  # the first LightGCN layer Eq. 2's mean reads
 LAYER0_GATES = ("none", "degree", "constant")
+GRAPH_GATES = ("none", "degree")
+GRAPH_SOURCES = ("layer0", "scored")
 
 
 class CI2MGS(CI2MG):
@@ -132,6 +134,17 @@ class CI2MGS(CI2MG):
       few is read from its neighbours (``propagated``'s readout). ``constant``
       weights every node's alike, by ``layer0_gate_weight`` (the degree's
       ablation).
+    - ``item_graph_gate`` (``propagate``): ``degree`` weights an item's graph
+      term by :math:`\frac{c}{d_i + c}`, :math:`c` = ``item_graph_gate_degree``,
+      so that an item with few training interactions is read mostly from its
+      graph neighbours and one with many keeps the embedding they trained;
+      ``none`` adds :math:`S E^V` to every item alike.
+    - ``item_graph_source`` (``propagate``): what :math:`S` propagates,
+      the items' layer-0 ID embeddings (``layer0``, :math:`E^V`, FREEDOM's) or
+      their Eq. 2 embeddings as scored, layer-0 gate included (``scored``), so
+      that an item without training interactions, whose Eq. 2 embedding is
+      zero under ``id_readout: propagated``, is placed among its neighbours'
+      scored embeddings rather than among their layer-0 ones.
 
     The graph-contrastive loss of ``item_graph_role: contrast`` is NCL's
     structure-contrastive InfoNCE (its Eq. 7) with the item's graph
@@ -167,7 +180,7 @@ class CI2MGS(CI2MG):
     """
 
     properties_from = ("CI2MG",)
-    recbole_trainer = "NCL"  # NCL's E-step schedule (trainer.get_trainer): the k-means of id_contrast, a no-op without it
+    recbole_trainer = "NCL"  # NCL's E-step schedule (trainer.get_trainer): the k-means of id_contrast, skipped without it
     # id_contrast: RecBole's NCL methods, which read only attributes set in __init__
     run_kmeans = NCL.run_kmeans
     ssl_layer_loss = NCL.ssl_layer_loss
@@ -176,6 +189,13 @@ class CI2MGS(CI2MG):
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
         setting = partial(require_setting, config, model=type(self).__name__)
+
+        def choice(key, choices):
+            value = setting(key)
+            if value not in choices:
+                raise ValueError(f"{type(self).__name__}: {key} must be one of {tuple(choices)}, got {value!r}")
+            return value
+
         self.score_content = setting("score_content")
         # "imputed+interactions": the content graph imputed, and the interactions graph beside it
         self.item_graph, plus, extra = str(setting("item_graph")).partition("+")
@@ -187,21 +207,13 @@ class CI2MGS(CI2MG):
                              f"{setting('item_graph')!r}")
         self.item_graph_k = setting("item_graph_k")
         self.item_graph_layers = setting("item_graph_layers")
-        self.item_graph_missing = setting("item_graph_missing")
-        if self.item_graph_missing not in GRAPH_MISSING:
-            raise ValueError(f"{type(self).__name__}: item_graph_missing must be one of {GRAPH_MISSING}, "
-                             f"got {self.item_graph_missing!r}")
-        self.unseen_items = setting("unseen_items")
-        if self.unseen_items not in UNSEEN_ITEMS:
-            raise ValueError(f"{type(self).__name__}: unseen_items must be one of {UNSEEN_ITEMS}, got {self.unseen_items!r}")
+        self.item_graph_missing = choice("item_graph_missing", GRAPH_MISSING)
+        self.unseen_items = choice("unseen_items", UNSEEN_ITEMS)
         if self.unseen_items == "graph" and self.item_graph == "none":
             raise ValueError(f"{type(self).__name__}: unseen_items graph takes an unseen item's embedding from the "
                              f"item-item graph, and item_graph is none: set item_graph raw, imputed, generated or "
                              f"interactions, or unseen_items own.")
-        self.item_graph_role = setting("item_graph_role")
-        if self.item_graph_role not in GRAPH_ROLES:
-            raise ValueError(f"{type(self).__name__}: item_graph_role must be one of {GRAPH_ROLES}, "
-                             f"got {self.item_graph_role!r}")
+        self.item_graph_role = choice("item_graph_role", GRAPH_ROLES)
         if self.item_graph_role == "contrast":
             if self.item_graph == "none" or self.unseen_items == "graph":
                 raise ValueError(f"{type(self).__name__}: item_graph_role contrast needs an item-item graph "
@@ -223,6 +235,7 @@ class CI2MGS(CI2MG):
             self.use_contrastive = self.use_task_guided = False  # their terms train nothing any score reads
             self.leave_batch_edges_out = False  # Eq. 1 is not run: no per-batch left-out edges to build
         self.id_contrast = setting("id_contrast")
+        self.uses_prototypes = self.id_contrast  # read by NCL's E-step schedule (compat.PrototypeEStepMixin)
         if self.id_contrast:  # the attribute names RecBole's NCL methods read
             self.ssl_temp, self.ssl_reg, self.alpha = setting("ssl_temp"), setting("ssl_reg"), setting("ssl_alpha")
             self.proto_reg, self.k = setting("proto_reg"), setting("num_clusters")
@@ -236,18 +249,12 @@ class CI2MGS(CI2MG):
                 )
             self.user_centroids = self.user_2cluster = self.item_centroids = self.item_2cluster = None
             self._contrast_layers = None
-        self.id_readout = setting("id_readout")
-        if self.id_readout not in ID_READOUTS:
-            raise ValueError(f"{type(self).__name__}: id_readout must be one of {tuple(ID_READOUTS)}, "
-                             f"got {self.id_readout!r}")
+        self.id_readout = choice("id_readout", ID_READOUTS)
         self.id_readout_from = ID_READOUTS[self.id_readout]
         if self.id_readout_from > self.n_layers:
             raise ValueError(f"{type(self).__name__}: id_readout propagated reads layers 1..n_layers, and "
                              f"n_layers is {self.n_layers}: set n_layers to at least 1.")
-        self.layer0_gate = setting("layer0_gate")
-        if self.layer0_gate not in LAYER0_GATES:
-            raise ValueError(f"{type(self).__name__}: layer0_gate must be one of {LAYER0_GATES}, "
-                             f"got {self.layer0_gate!r}")
+        self.layer0_gate = choice("layer0_gate", LAYER0_GATES)
         if self.layer0_gate == "degree":
             half = setting("layer0_gate_degree")
             if not half > 0:
@@ -262,6 +269,20 @@ class CI2MGS(CI2MG):
         if self.layer0_gate != "none":
             for name, weight in zip(("user_layer0_weight", "item_layer0_weight"), weights):  # [N, 1]
                 self.register_buffer(name, weight.unsqueeze(1), persistent=False)
+        self.item_graph_source = choice("item_graph_source", GRAPH_SOURCES)
+        self.item_graph_gate = choice("item_graph_gate", GRAPH_GATES)
+        shaped = (self.item_graph_source != "layer0", self.item_graph_gate != "none")
+        if any(shaped) and (self.item_graph == "none" or self.item_graph_role != "propagate"):
+            raise ValueError(f"{type(self).__name__}: item_graph_source {self.item_graph_source} and item_graph_gate "
+                             f"{self.item_graph_gate} shape the graph term of item_graph_role propagate, and this model "
+                             f"has none (item_graph {self.item_graph!r}, item_graph_role {self.item_graph_role!r}): set "
+                             f"item_graph_source layer0 and item_graph_gate none.")
+        if self.item_graph_gate == "degree":
+            half = setting("item_graph_gate_degree")
+            if not half > 0:
+                raise ValueError(f"{type(self).__name__}: item_graph_gate_degree must be > 0, got {half}.")
+            degree = torch.from_numpy(np.asarray(self.interaction_matrix.sum(axis=0)).ravel()).float()
+            self.register_buffer("item_graph_weight", (half / (degree + half)).unsqueeze(1), persistent=False)  # [N_V, 1]
         self.id_noise_contrast = setting("id_noise_contrast")
         if self.id_noise_contrast:
             self.noise_eps, self.noise_reg, self.noise_temp = setting("noise_eps"), setting("noise_reg"), setting("noise_temp")
@@ -464,12 +485,15 @@ class CI2MGS(CI2MG):
             item_id = item_id + self.item_layer0_weight * self.item_embedding.weight
         if self.item_graph == "none" or self.item_graph_role == "contrast" or not bool(self.graph_built):
             return user_id, item_id
-        propagated = self.item_embedding.weight
+        # the class docstring's item_graph_source
+        propagated = self.item_embedding.weight if self.item_graph_source == "layer0" else item_id
         if self.unseen_items == "graph":  # an unseen item's own ID embedding is left out everywhere
             propagated, item_id = propagated * self.seen_items, item_id * self.seen_items
         adjacency = self.item_adjacency()
         for _ in range(self.item_graph_layers):
             propagated = adjacency @ propagated
+        if self.item_graph_gate == "degree":  # the class docstring's item_graph_gate
+            propagated = self.item_graph_weight * propagated
         return user_id, item_id + propagated
 
     def scoring_embeddings(self, user_id, item_id, user_views, Z):
