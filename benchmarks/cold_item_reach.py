@@ -24,23 +24,18 @@ import argparse
 import numpy as np
 import torch
 from recbole.data import data_preparation
+from torch.nn.functional import normalize
 
+from recbole_ci2mg.model.layers.content import standardise
 from recbole_ci2mg.quick_start import build_config, create_dataset
 
 
 def content_vectors(dataset):
-    """``[n_items, sum d_m]``: each observed modality standardised and L2-normalised, missing rows zero."""
-    blocks = []
-    for name in dataset.modality_names:
-        features = dataset.modality_features[name].numpy().astype(np.float64)
-        observed = dataset.modality_observed[name].numpy()
-        block = np.zeros_like(features)
-        if observed.any():
-            rows = features[observed]
-            rows = (rows - rows.mean(axis=0)) / (rows.std(axis=0) + 1e-8)
-            block[observed] = rows / (np.linalg.norm(rows, axis=1, keepdims=True) + 1e-12)
-        blocks.append(block)
-    return np.concatenate(blocks, axis=1) / np.sqrt(len(blocks))
+    """``[n_items, sum d_m]``: each observed modality standardised (CI²MG's ``standardise``) and
+    L2-normalised, missing rows zero."""
+    blocks = [normalize(standardise(dataset.modality_features[name], dataset.modality_observed[name]), dim=1)
+              for name in dataset.modality_names]
+    return torch.cat(blocks, dim=1).double().numpy() / np.sqrt(len(blocks))
 
 
 def reach(train_matrix, split_matrix, vectors, has_content, k=20):

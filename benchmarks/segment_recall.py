@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from recbole_ci2mg.data.masks import load_masks
 from recbole_ci2mg.results import read_records
 from recbole_ci2mg.tables import pooled_scores, summarise
 
@@ -27,10 +28,11 @@ def read_pairs(path):
 
 
 def user_segments(dataset_dir, tail, mask=None):
-    """``{segment name: set of user tokens}`` from the test items' training degree and content."""
+    """``{segment name: set of user tokens}`` from the test items' training degree and content (an item of the
+    mask file with any modality observed)."""
     dataset_dir = Path(dataset_dir)
     name = dataset_dir.name
-    train, test = read_pairs(dataset_dir / f"{name}.train.inter"), read_pairs(dataset_dir / f"{name}.test.inter")
+    train, valid, test = (read_pairs(dataset_dir / f"{name}.{split}.inter") for split in ("train", "valid", "test"))
     degree = {}
     for _, item in train:
         degree[item] = degree.get(item, 0) + 1
@@ -39,8 +41,10 @@ def user_segments(dataset_dir, tail, mask=None):
         f"test item with more than {tail}": {u for u, i in test if degree.get(i, 0) > tail},
     }
     if mask:
-        rows = [line.split("\t") for line in Path(mask).read_text().splitlines()[1:] if line]
-        with_content = {row[0] for row in rows if any(flag.strip() == "1" for flag in row[1:])}
+        items = sorted({i for pairs in (train, valid, test) for _, i in pairs})
+        names = Path(mask).read_text().split("\n", 1)[0].split("\t")[1:]  # the header: item_id, then the modalities
+        observed = load_masks(mask, items, names)  # checks the file covers exactly these items
+        with_content = {item for k, item in enumerate(items) if any(observed[n][k] for n in names)}
         segments["test item with content"] = {u for u, i in test if i in with_content}
         segments["test item without content"] = {u for u, i in test if i not in with_content}
     return segments

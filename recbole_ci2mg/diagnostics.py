@@ -275,8 +275,7 @@ def diagnose(model_file, n_users=2000, seed=0):
     cold = getattr(train_data._dataset, "cold_items", None)
     if cold is not None and bool(cold.any()):
         out["cold_items"] = cold_item_readings(user_e, item_e, cold, train_data._dataset.inter_matrix(form="csr"), users)
-    # CI2MG-S does not run the generation branch (Eq. 1-12) when no score reads it: no plans to read
-    if getattr(model, "use_inter", False) and getattr(model, "content_reaches_score", True):
+    if getattr(model, "use_inter", False):
         out["transport"] = transport_readings(model)
     if getattr(model, "use_contrastive", False):
         out["contrastive"] = contrastive_reading(model, next(iter(train_data)))

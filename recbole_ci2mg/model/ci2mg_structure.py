@@ -232,7 +232,8 @@ class CI2MGS(CI2MG):
                 f"the model is Eq. 2 and the item-item graph, trained with BPR, reg_weight and the ID losses that are "
                 f"on (id_contrast, id_noise_contrast, item_graph_role contrast)."
             )
-            self.use_contrastive = self.use_task_guided = False  # their terms train nothing any score reads
+            # the branch is not run, so none of its parts is on (its losses would train nothing any score reads)
+            self.use_intra = self.use_inter = self.use_contrastive = self.use_task_guided = False
             self.leave_batch_edges_out = False  # Eq. 1 is not run: no per-batch left-out edges to build
         self.id_contrast = setting("id_contrast")
         self.uses_prototypes = self.id_contrast  # read by NCL's E-step schedule (compat.PrototypeEStepMixin)
@@ -259,8 +260,7 @@ class CI2MGS(CI2MG):
             half = setting("layer0_gate_degree")
             if not half > 0:
                 raise ValueError(f"{type(self).__name__}: layer0_gate_degree must be > 0, got {half}.")
-            degrees = [torch.from_numpy(np.asarray(self.interaction_matrix.sum(axis=a)).ravel()).float() for a in (1, 0)]
-            weights = [degree / (degree + half) for degree in degrees]
+            weights = [degree / (degree + half) for degree in self.training_degrees()]
         elif self.layer0_gate == "constant":
             weight = setting("layer0_gate_weight")
             if not weight > 0:
@@ -281,8 +281,8 @@ class CI2MGS(CI2MG):
             half = setting("item_graph_gate_degree")
             if not half > 0:
                 raise ValueError(f"{type(self).__name__}: item_graph_gate_degree must be > 0, got {half}.")
-            degree = torch.from_numpy(np.asarray(self.interaction_matrix.sum(axis=0)).ravel()).float()
-            self.register_buffer("item_graph_weight", (half / (degree + half)).unsqueeze(1), persistent=False)  # [N_V, 1]
+            item_degree = self.training_degrees()[1]
+            self.register_buffer("item_graph_weight", (half / (item_degree + half)).unsqueeze(1), persistent=False)  # [N_V, 1]
         self.id_noise_contrast = setting("id_noise_contrast")
         if self.id_noise_contrast:
             self.noise_eps, self.noise_reg, self.noise_temp = setting("noise_eps"), setting("noise_reg"), setting("noise_temp")
@@ -352,6 +352,10 @@ class CI2MGS(CI2MG):
             self.graph_weights[m].copy_(weights)
         self.graph_built.fill_(True)
         self._item_adj = self._linked = None
+
+    def training_degrees(self):
+        """``([N_U], [N_V])`` float: each user's and each item's number of training interactions."""
+        return tuple(torch.from_numpy(np.asarray(self.interaction_matrix.sum(axis=a)).ravel()).float() for a in (1, 0))
 
     def observed_rows(self, m):
         """Modality ``m``'s standardised features ``[N_V, d_m]``, missing rows 0 (never linked), and its observed items."""
