@@ -22,6 +22,8 @@ never on test interactions:
   training interactions (cold) against the others, and the share of the users'
   top 20 that cold items take against their share of the catalogue (a cold
   item that enters no top 20 has test recall 0 whatever its content).
+- ``item_graph_weights`` (CI²MG-S with ``item_graph_mix: learned``): the
+  trained softmax weight of each item-item graph.
 
 Command line (checkpoints written by ``run_recbole.py``; a record's
 ``saved_model_file`` names it)::
@@ -275,6 +277,9 @@ def diagnose(model_file, n_users=2000, seed=0):
     cold = getattr(train_data._dataset, "cold_items", None)
     if cold is not None and bool(cold.any()):
         out["cold_items"] = cold_item_readings(user_e, item_e, cold, train_data._dataset.inter_matrix(form="csr"), users)
+    if getattr(model, "item_graph_mix", "mean") == "learned":
+        weights = torch.softmax(model.item_graph_logits.detach(), dim=0).tolist()
+        out["item_graph_weights"] = dict(zip(model.item_graph_names(), weights))
     if getattr(model, "use_inter", False):
         out["transport"] = transport_readings(model)
     if getattr(model, "use_contrastive", False):

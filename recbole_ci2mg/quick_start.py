@@ -339,6 +339,14 @@ def load_data_and_model(model_file, allow_unsafe_pickle=False):
     train_data, valid_data, test_data = data_preparation(config, dataset)
     init_seed(config["seed"], config["reproducibility"])
     model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
-    model.load_state_dict(checkpoint["state_dict"])
+    try:
+        model.load_state_dict(checkpoint["state_dict"])
+    except RuntimeError as error:  # torch names every missing, unexpected or resized parameter
+        raise ValueError(
+            f"{model_file}: its parameters do not fit the {config['model']} that this version of recbole-ci2mg builds "
+            f"from the checkpoint's settings. It was most likely written by a version in which a setting it holds "
+            f"meant something else or did not exist yet (this version ignores a setting it does not read): load it "
+            f"with the version that wrote it, or train again. {error}"
+        ) from error
     model.load_other_parameter(checkpoint.get("other_parameter"))
     return config, model, dataset, train_data, valid_data, test_data

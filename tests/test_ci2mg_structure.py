@@ -625,3 +625,32 @@ def test_the_interactions_graph_can_join_the_content_graphs(settings):
     for wrong in ("none+interactions", "interactions+interactions", "raw+imputed", "raw+"):
         with pytest.raises(ValueError, match="followed by \\+interactions"):
             built(settings, item_graph=wrong)
+
+
+def test_item_graph_mix_learned_weighs_each_graph_by_a_trained_softmax(settings):
+    common = {"item_graph": "imputed+interactions", "item_graph_missing": "none", "score_content": False,
+              "id_noise_contrast": False}
+    learned, train = built(settings, **common, item_graph_mix="learned")
+    mean, _ = built(settings, **common, item_graph_mix="mean")
+    mean.load_state_dict({k: v for k, v in learned.state_dict().items() if k != "item_graph_logits"})
+    graphs = learned.item_adjacencies()
+    assert learned.item_graph_logits.shape == (len(graphs),) == (3,)  # two modalities and the interactions graph
+    values = learned.item_embedding.weight
+    with torch.no_grad():  # from zeros the softmax is the mean: the two models score alike
+        torch.testing.assert_close(learned.id_embeddings()[1], mean.id_embeddings()[1])
+        learned.item_graph_logits.copy_(torch.tensor([2.0, 0.0, -1.0]))
+        alpha = torch.softmax(learned.item_graph_logits, dim=0)
+        expected = sum(a * (g @ values) for a, g in zip(alpha, graphs))
+        torch.testing.assert_close(learned.propagate_on_item_graph(values), expected)
+        assert not torch.allclose(expected, mean.item_adjacency() @ values)
+    learned.train()
+    loss = learned.calculate_loss(next(iter(train)))
+    loss = loss if torch.is_tensor(loss) else sum(loss)
+    loss.backward()
+    assert learned.item_graph_logits.grad is not None and learned.item_graph_logits.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="item_graph_mix must be one of"):
+        built(settings, item_graph_mix="max")
+    with pytest.raises(ValueError, match="shape the graph term of item_graph_role propagate"):
+        built(settings, item_graph="none", item_graph_mix="learned")
+    with pytest.raises(ValueError, match="weighs two or more different graphs"):  # M copies of one graph
+        built(settings, item_graph="interactions", item_graph_mix="learned")

@@ -127,8 +127,10 @@ def test_the_command_reads_a_checkpoint_written_by_a_run(tiny, tmp_path):
 
 
 def test_the_command_reads_a_ci2mg_s_checkpoint_without_a_generation_branch(tiny, tmp_path):
-    # CI2MG-S at its defaults does not run Eq. 1-12 (no plans to read); new items give it cold items
-    result = run_recbole("CI2MG-S", "tiny", config_dict={**tiny, "epochs": 1, "missing_rate": 0.5, "new_item_rate": 0.2})
+    # CI2MG-S at its defaults does not run Eq. 1-12 (no plans to read); new items give it cold items; its graphs'
+    # learned weights are read too
+    result = run_recbole("CI2MG-S", "tiny", config_dict={**tiny, "epochs": 1, "missing_rate": 0.5, "new_item_rate": 0.2,
+                                                         "item_graph_mix": "learned"})
     out = tmp_path / "readings.jsonl"
     diagnostics.main([result["saved_model_file"], "--users", "20", "--out", str(out)])
     reading = json.loads(out.read_text())
@@ -136,3 +138,5 @@ def test_the_command_reads_a_ci2mg_s_checkpoint_without_a_generation_branch(tiny
     cold = reading["cold_items"]
     assert 0 < cold["catalogue_share"] < 1 and 0 <= cold["top_k_share"] <= 1
     assert cold["norm"]["cold"] >= 0 and cold["norm"]["warm"] > 0
+    weights = reading["item_graph_weights"]
+    assert list(weights) == ["v", "t", "interactions"] and sum(weights.values()) == pytest.approx(1)

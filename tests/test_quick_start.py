@@ -315,3 +315,12 @@ def test_ldiffrec_item_embeddings_are_never_unpickled(tiny, tmp_path):
     assert not marker.exists()
     np.save(item_emb, np.ones((40, 4), dtype=np.float32))
     assert build_config("LDiffRec", "tiny", config_dict={**tiny, "n_cate": 2})["n_cate"] == 2
+
+
+def test_a_checkpoint_whose_settings_build_other_parameters_names_the_file(tiny, tmp_path):
+    # as when a version changes what a setting builds: the saved embedding size no longer fits the parameters
+    result = run_recbole("BPR", "tiny", config_dict={**tiny, "epochs": 1})
+    crafted = _craft(result["saved_model_file"], tmp_path / "older.pth", embedding_size=16)
+    named = r"(?s)older\.pth: its parameters do not fit the BPR.*size mismatch for user_embedding"
+    with pytest.raises(ValueError, match=named):
+        load_data_and_model(crafted)

@@ -30,6 +30,7 @@ ID_READOUTS = {"all": 0, "propagated": 1}  # the first LightGCN layer Eq. 2's me
 LAYER0_GATES = ("none", "degree", "constant")
 GRAPH_GATES = ("none", "degree")
 GRAPH_SOURCES = ("layer0", "scored")
+GRAPH_MIXES = ("mean", "learned")
 
 
 class CI2MGS(CI2MG):
@@ -145,6 +146,14 @@ class CI2MGS(CI2MG):
       that an item without training interactions, whose Eq. 2 embedding is
       zero under ``id_readout: propagated``, is placed among its neighbours'
       scored embeddings rather than among their layer-0 ones.
+    - ``item_graph_mix`` (``propagate``): how the :math:`G` graphs (one per
+      modality, and the interactions graph of ``+interactions``) make
+      :math:`S`: their ``mean``, or ``learned``, LATTICE's learned modality
+      weights (Zhang et al., MM '21, its sum of modality graphs), :math:`S = \sum_g \alpha_g
+      \tilde{A}_g` with :math:`\alpha = \mathrm{softmax}(w)`, :math:`w \in
+      \mathbb{R}^G` trained with the model from zeros (the mean), so that a
+      dataset's training interactions choose between its content and
+      interactions graphs.
 
     The graph-contrastive loss of ``item_graph_role: contrast`` is NCL's
     structure-contrastive InfoNCE (its Eq. 7) with the item's graph
@@ -271,12 +280,22 @@ class CI2MGS(CI2MG):
                 self.register_buffer(name, weight.unsqueeze(1), persistent=False)
         self.item_graph_source = choice("item_graph_source", GRAPH_SOURCES)
         self.item_graph_gate = choice("item_graph_gate", GRAPH_GATES)
-        shaped = (self.item_graph_source != "layer0", self.item_graph_gate != "none")
+        self.item_graph_mix = choice("item_graph_mix", GRAPH_MIXES)
+        shaped = (self.item_graph_source != "layer0", self.item_graph_gate != "none", self.item_graph_mix != "mean")
         if any(shaped) and (self.item_graph == "none" or self.item_graph_role != "propagate"):
-            raise ValueError(f"{type(self).__name__}: item_graph_source {self.item_graph_source} and item_graph_gate "
-                             f"{self.item_graph_gate} shape the graph term of item_graph_role propagate, and this model "
-                             f"has none (item_graph {self.item_graph!r}, item_graph_role {self.item_graph_role!r}): set "
-                             f"item_graph_source layer0 and item_graph_gate none.")
+            raise ValueError(f"{type(self).__name__}: item_graph_source {self.item_graph_source}, item_graph_gate "
+                             f"{self.item_graph_gate} and item_graph_mix {self.item_graph_mix} shape the graph term of "
+                             f"item_graph_role propagate, and this model has none (item_graph {self.item_graph!r}, "
+                             f"item_graph_role {self.item_graph_role!r}): set item_graph_source layer0, item_graph_gate "
+                             f"none and item_graph_mix mean.")
+        n_graphs = self.n_modalities + int(self.add_interactions)
+        if self.item_graph_mix == "learned":
+            if self.item_graph == "interactions" or n_graphs < 2:  # one graph, or M copies of it: nothing to weigh
+                raise ValueError(f"{type(self).__name__}: item_graph_mix learned weighs two or more different graphs, "
+                                 f"and item_graph {setting('item_graph')!r} on {self.n_modalities} modality(ies) gives "
+                                 f"one: add +interactions to a content graph (e.g. imputed+interactions), or set "
+                                 f"item_graph_mix mean.")
+            self.item_graph_logits = torch.nn.Parameter(torch.zeros(n_graphs))  # [G]: w, softmax(0) is the mean
         if self.item_graph_gate == "degree":
             half = setting("item_graph_gate_degree")
             if not half > 0:
@@ -298,11 +317,11 @@ class CI2MGS(CI2MG):
                 raise ValueError(f"{type(self).__name__}: noise_readout propagated reads layers 1..n_layers, and "
                                  f"n_layers is {self.n_layers}: set n_layers to at least 1.")
         k = min(self.item_graph_k, self.n_items)
-        shape = (self.n_modalities + int(self.add_interactions), self.n_items, k)  # the interactions graph last
+        shape = (n_graphs, self.n_items, k)  # the interactions graph last
         self.register_buffer("graph_neighbours", torch.zeros(shape, dtype=torch.long))  # [G, N_V, k]
         self.register_buffer("graph_weights", torch.zeros(shape))  # [G, N_V, k]
         self.register_buffer("graph_built", torch.zeros((), dtype=torch.bool))
-        self._item_adj = self._linked = None  # derived from the graph buffers on first use
+        self._item_adj = self._item_adjs = self._linked = None  # derived from the graph buffers on first use
         if self.item_graph == "interactions" or self.add_interactions:
             neighbours, weights, _ = co_consumption_knn_edges(
                 self.interaction_matrix, k, outsider_loops=self.item_graph_missing == "self"
@@ -351,7 +370,7 @@ class CI2MGS(CI2MG):
             self.graph_neighbours[m].copy_(neighbours)
             self.graph_weights[m].copy_(weights)
         self.graph_built.fill_(True)
-        self._item_adj = self._linked = None
+        self._item_adj = self._item_adjs = self._linked = None
 
     def training_degrees(self):
         """``([N_U], [N_V])`` float: each user's and each item's number of training interactions."""
@@ -399,23 +418,42 @@ class CI2MGS(CI2MG):
         logits = own @ neighbourhood.T / self.ssl_temp  # [B_S, N_V]
         return F.cross_entropy(logits, items, reduction="sum")
 
+    def normalised_graphs(self):
+        r"""The graphs :math:`\tilde{A}_g`, each symmetrically normalised, as ``scipy`` CSR ``[N_V, N_V]``."""
+        n, k = self.n_items, self.graph_neighbours.shape[2]
+        rows = torch.arange(n, device="cpu").repeat_interleave(k)  # built on the CPU for scipy
+        for neighbours, weights in zip(self.graph_neighbours.cpu(), self.graph_weights.cpu()):
+            cols = neighbours.reshape(-1)
+            values = symmetric_normalised(rows, cols, weights.reshape(-1), n)
+            yield sp.coo_matrix((values.numpy(), (rows.numpy(), cols.numpy())), shape=(n, n)).tocsr()
+
     def item_adjacency(self):
-        r""":math:`S` as a :class:`ConstantSparse` ``[N_V, N_V]``, built from the buffers on first use."""
+        r""":math:`S`, the graphs' mean, as a :class:`ConstantSparse` ``[N_V, N_V]``, built from the buffers on first use."""
         if self._item_adj is None:
-            n, k = self.n_items, self.graph_neighbours.shape[2]
-            rows = torch.arange(n, device="cpu").repeat_interleave(k)  # built on the CPU for scipy
-            total = None
-            for neighbours, weights in zip(self.graph_neighbours.cpu(), self.graph_weights.cpu()):
-                cols = neighbours.reshape(-1)
-                values = symmetric_normalised(rows, cols, weights.reshape(-1), n)
-                normalised = sp.coo_matrix((values.numpy(), (rows.numpy(), cols.numpy())), shape=(n, n)).tocsr()
-                total = normalised if total is None else total + normalised
-            self._item_adj = ConstantSparse(total / self.graph_neighbours.shape[0], self.device)
+            self._item_adj = ConstantSparse(sum(self.normalised_graphs()) / self.graph_neighbours.shape[0], self.device)
         return self._item_adj
+
+    def item_adjacencies(self):
+        r"""The graphs :math:`\tilde{A}_g` as :class:`ConstantSparse`, for ``item_graph_mix`` learned."""
+        if self._item_adjs is None:
+            self._item_adjs = [ConstantSparse(graph, self.device) for graph in self.normalised_graphs()]
+        return self._item_adjs
+
+    def item_graph_names(self):
+        """The graphs' names, in the order of the graph buffers (and of ``item_graph_logits``)."""
+        content = ["interactions"] * self.n_modalities if self.item_graph == "interactions" else list(self.modality_names)
+        return content + (["interactions"] if self.add_interactions else [])
+
+    def propagate_on_item_graph(self, values):
+        r""":math:`S` ``values`` ``[N_V, d]``: the graphs' mean, or their softmax(w)-weighted sum (``item_graph_mix``)."""
+        if self.item_graph_mix == "mean":
+            return self.item_adjacency() @ values
+        weights = torch.softmax(self.item_graph_logits, dim=0)  # [G]: α
+        return sum(weight * (graph @ values) for weight, graph in zip(weights, self.item_adjacencies()))
 
     def load_state_dict(self, state_dict, strict=True):
         out = super().load_state_dict(state_dict, strict)
-        self._item_adj = self._linked = None
+        self._item_adj = self._item_adjs = self._linked = None
         return out
 
     def train(self, mode=True):
@@ -493,9 +531,8 @@ class CI2MGS(CI2MG):
         propagated = self.item_embedding.weight if self.item_graph_source == "layer0" else item_id
         if self.unseen_items == "graph":  # an unseen item's own ID embedding is left out everywhere
             propagated, item_id = propagated * self.seen_items, item_id * self.seen_items
-        adjacency = self.item_adjacency()
         for _ in range(self.item_graph_layers):
-            propagated = adjacency @ propagated
+            propagated = self.propagate_on_item_graph(propagated)
         if self.item_graph_gate == "degree":  # the class docstring's item_graph_gate
             propagated = self.item_graph_weight * propagated
         return user_id, item_id + propagated
