@@ -127,8 +127,8 @@ def test_the_command_reads_a_checkpoint_written_by_a_run(tiny, tmp_path):
 
 
 def test_the_command_reads_a_ci2mg_s_checkpoint_without_a_generation_branch(tiny, tmp_path):
-    # CI2MG-S at its defaults does not run Eq. 1-12 (no plans to read); new items give it cold items; its graphs'
-    # learned weights are read too
+    # CI2MG-S with its defaults' graphs does not run Eq. 1-12 (no plans to read); new items give it cold items;
+    # with item_graph_mix learned the graphs' trained weights are read too
     result = run_recbole("CI2MG-S", "tiny", config_dict={**tiny, "epochs": 1, "missing_rate": 0.5, "new_item_rate": 0.2,
                                                          "item_graph_mix": "learned"})
     out = tmp_path / "readings.jsonl"

@@ -440,9 +440,8 @@ class CI2MGS(CI2MG):
         return self._item_adjs
 
     def item_graph_names(self):
-        """The graphs' names, in the order of the graph buffers (and of ``item_graph_logits``)."""
-        content = ["interactions"] * self.n_modalities if self.item_graph == "interactions" else list(self.modality_names)
-        return content + (["interactions"] if self.add_interactions else [])
+        """The graphs' names for ``item_graph_mix`` learned, in the order of ``item_graph_logits``."""
+        return list(self.modality_names) + (["interactions"] if self.add_interactions else [])
 
     def propagate_on_item_graph(self, values):
         r""":math:`S` ``values`` ``[N_V, d]``: the graphs' mean, or their softmax(w)-weighted sum (``item_graph_mix``)."""
